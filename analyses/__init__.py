@@ -1,0 +1,1 @@
+"""Analyses (installed as monet_interp.analyses)."""

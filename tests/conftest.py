@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# Triton kernels run in the interpreter on CPU-only machines; the variable must be set before
+# triton.language is first imported (see monet_interp.kernels.dispatch.use_interpreter).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (naive_monet, ...) import by name
 

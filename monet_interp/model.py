@@ -386,6 +386,19 @@ class HookedMONET(HookedRootModule):
         if save_tokenizer and self.tokenizer is not None:
             self.tokenizer.save(folder)
 
+    # ------------------------------------------------------------------ expert edits
+    def edit_experts(self, edits, backend: str = "auto", path: str = "auto"):
+        """Context manager applying ExpertEdits to every forward inside it (see monet_interp.editing)."""
+        from monet_interp.editing.context import edit_experts
+
+        return edit_experts(self, edits, backend=backend, path=path)
+
+    def run_with_edits(self, inputs: TextOrTokens, edits, backend: str = "auto", path: str = "auto", **forward_kwargs):
+        """``self(inputs, **forward_kwargs)`` with ``edits`` active (removed afterwards)."""
+        from monet_interp.editing.context import run_with_edits
+
+        return run_with_edits(self, inputs, edits, backend=backend, path=path, **forward_kwargs)
+
 
 def sample_next_token(logits: Float[torch.Tensor, "batch d_vocab"], temperature: float, top_k: int | None,
                       top_p: float | None, generator: torch.Generator | None) -> Int[torch.Tensor, " batch"]:

@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/install_browser.sh   # Debian chromium for the report's real-browser test
 . .venv/bin/activate
 python -m pytest "$@"

@@ -167,7 +167,7 @@ def random_hf_state(cfg: dict, seed: int = 0, scale: float = 0.3) -> dict[str, t
 
 
 def tiny_config_dict(**overrides) -> dict:
-    cfg = dict(model_type="monet", architectures=["MonetForCausalLM"], vocab_size=61, hidden_size=32,
+    cfg = dict(model_type="monet", architectures=["MonetForCausalLM"], vocab_size=64, hidden_size=32,
                num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, hidden_act="relu2",
                max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0, rope_scaling=None,
                attention_bias=False, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,

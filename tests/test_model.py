@@ -208,3 +208,15 @@ def test_loss_matches_manual_cross_entropy(released_folder):
     assert torch.allclose(loss, manual, atol=1e-6)
     per_token = model(tokens, return_type="loss", loss_per_token=True)
     assert per_token.shape == (2, 5) and torch.allclose(per_token.mean(), manual, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_other_dtypes_run(released_folder, dtype):
+    folder, cfg, state = released_folder()
+    model = HookedMONET.from_pretrained(folder, dtype=dtype)
+    tokens = torch.randint(0, cfg["vocab_size"], (1, 5))
+    logits = model(tokens)
+    assert logits.dtype == dtype
+    reference = naive_logits(state, cfg, tokens)
+    tolerance = 1e-9 if dtype == torch.float64 else 0.5
+    assert (logits.double() - reference).abs().max() < tolerance * max(1.0, reference.abs().max().item() / 10)

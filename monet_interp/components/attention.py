@@ -35,8 +35,9 @@ class KeyValueCache:
 def rotary_cos_sin(
     positions: Int[torch.Tensor, "batch pos"], head_dim: int, theta: float, scaling: float, dtype: torch.dtype
 ) -> tuple[Float[torch.Tensor, "batch pos head_dim"], Float[torch.Tensor, "batch pos head_dim"]]:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = (positions.float() / scaling)[..., None] * inv_freq  # [batch, pos, head_dim/2]
+    compute = torch.promote_types(dtype, torch.float32)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=compute) / head_dim))
+    angles = (positions.to(compute) / scaling)[..., None] * inv_freq  # [batch, pos, head_dim/2]
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -96,7 +97,8 @@ class Attention(nn.Module):
             repeat = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(repeat, dim=2)
             v = v.repeat_interleave(repeat, dim=2)
-        scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) / math.sqrt(self.d_head)
+        compute = torch.promote_types(x.dtype, torch.float32)  # float32 at least, float64 stays
+        scores = torch.einsum("bqhd,bkhd->bhqk", q.to(compute), k.to(compute)) / math.sqrt(self.d_head)
         query_index = torch.arange(past, past + n_pos, device=x.device)[:, None]
         key_index = torch.arange(n_keys, device=x.device)[None, :]
         allowed = (key_index <= query_index)[None, None]  # [1, 1, q, k]
@@ -106,5 +108,5 @@ class Attention(nn.Module):
         # A query whose every key is masked (left padding) attends to nothing instead of NaN.
         pattern = torch.softmax(scores, dim=-1).nan_to_num(0.0)
         pattern = self.hook_pattern(pattern)
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v.float()).to(x.dtype))
+        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v.to(compute)).to(x.dtype))
         return self.o_proj(z.reshape(batch, n_pos, self.n_heads * self.d_head))

@@ -17,7 +17,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_model"]:
         dtype = x.dtype
-        x = x.float()
+        x = x.to(torch.promote_types(dtype, torch.float32))  # float32 at least, float64 stays
         scale = self.hook_scale(torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
         normalized = self.hook_normalized(x * scale)
         return self.weight * normalized.to(dtype)

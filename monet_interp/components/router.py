@@ -57,14 +57,21 @@ class MonetRouter(nn.Module):
         Float[torch.Tensor, "batch pos head expert"], Float[torch.Tensor, "batch pos head expert"]
     ]:
         shape = (*x.shape[:-1], self.n_heads, self.n_experts)
-        return self.w1(x).view(shape).float(), self.w2(x).view(shape).float()
+        dtype = torch.promote_types(x.dtype, torch.float32)  # at least float32, as released
+        return self.w1(x).view(shape).to(dtype), self.w2(x).view(shape).to(dtype)
 
     def _normalise(self, logits: torch.Tensor, norm: nn.BatchNorm1d) -> torch.Tensor:
         flat = logits.transpose(-1, -2).reshape(-1, self.n_heads)  # [tokens * experts, head]
+        mean, var = norm.running_mean, norm.running_var
+        if mean.dtype != flat.dtype:  # e.g. a bf16 or float64 model: routing math stays in the logits' dtype
+            mean, var = mean.to(flat.dtype), var.to(flat.dtype)
         if self.use_batch_stats:
             norm.num_batches_tracked.add_(1)
-        out = nn.functional.batch_norm(flat, norm.running_mean, norm.running_var, training=self.use_batch_stats,
-                                       momentum=norm.momentum, eps=norm.eps)
+        out = nn.functional.batch_norm(flat, mean, var, training=self.use_batch_stats, momentum=norm.momentum,
+                                       eps=norm.eps)
+        if self.use_batch_stats and mean is not norm.running_mean:  # write the updated statistics back
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(var)
         return out.view(*logits.shape[:-2], self.n_experts, self.n_heads).transpose(-1, -2)
 
     def gate(self, logits: Float[torch.Tensor, "batch pos head expert"], norm: nn.BatchNorm1d) -> tuple[

@@ -1,4 +1,5 @@
-"""The ``monet-interp`` command line.
+"""The ``monet-interp`` command line (an application on top of the core and the analyses; the
+core library never imports it).
 
 Each subcommand lives beside the code it drives and registers itself here with a
 ``register_cli(subparsers)`` function; bad arguments end with a clear message and exit code 2.
@@ -14,6 +15,9 @@ import sys
 SUBCOMMAND_MODULES = (
     "monet_interp.data.corpus",
     "monet_interp.training.trainer",
+    "monet_interp.analyses.report_cli",
+    "monet_interp.analyses.unlearning_cli",
+    "monet_interp.analyses.steering_cli",
 )
 
 
@@ -83,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     from monet_interp.loading import CheckpointError
 
     try:
-        args.func(args)
+        code = args.func(args)
     except (CliError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
         print(f"monet-interp {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

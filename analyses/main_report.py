@@ -1,0 +1,269 @@
+"""The main job: one report on a MONET model over a labelled corpus.
+
+    monet-interp report                       # embedded monet-vd-tiny on data/corpus -> out/report
+    monet-interp report --model PATH --corpus DIR --out DIR --quick
+
+Steps (each writes its own folder under ``--out``; ``index.html`` links them):
+1. routing statistics (cached under ``OUT/cache/``, keyed by model, corpus and settings),
+2. monosemanticity: experts vs the dense baseline's MLP neurons (tables, figures),
+3. expert activation pages for the top experts of every label,
+4. unlearning (delete label experts; MONET vs dense neurons and random units),
+5. steering (experts vs DiffMean, and top-1 replacement on the top-1 model).
+Every table is also written as CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SECTIONS = ("stats", "monosemanticity", "experts", "unlearning", "steering")
+
+
+@dataclass
+class ReportConfig:
+    model: str = "monet-vd-tiny"
+    corpus: str = "data/corpus"
+    out: str = "out/report"
+    dense: str | None = "dense-tiny"
+    top1: str | None = "monet-top1-tiny"
+    sections: tuple[str, ...] = SECTIONS
+    split: str = "val"
+    stats_tokens_per_label: int = 6000
+    seq_len: int = 128
+    experts_per_label: int = 1
+    expert_labels: tuple[str, ...] | None = None  # default: every label
+    unlearn_labels: tuple[str, ...] | None = ("python", "c", "rust", "perl", "news_sport", "shakespeare")
+    unlearn_eval_tokens: int = 256
+    steer_concepts: tuple[str, ...] | None = ("python", "c", "shakespeare")
+    steer_prompts: int = 6
+    seed: int = 0
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> ReportConfig:
+        """Small settings for a smoke run (tests, a first look)."""
+        base = dict(stats_tokens_per_label=600, seq_len=64, experts_per_label=1, unlearn_eval_tokens=64,
+                    steer_prompts=2)
+        base.update(overrides)
+        return cls(**base)
+
+
+def _cache_key(model: Any, corpus: Any, cfg: ReportConfig) -> str:
+    from monet_interp.stats.routing_stats import corpus_fingerprint, model_fingerprint
+
+    settings = json.dumps([cfg.split, cfg.stats_tokens_per_label, cfg.seq_len], sort_keys=True)
+    digest = hashlib.sha256(f"{model_fingerprint(model)}|{corpus_fingerprint(corpus)}|{settings}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _load_corpus(path: str, progress: bool) -> Any:
+    from monet_interp.data.corpus import Corpus, build_corpus
+
+    folder = Path(path)
+    if not (folder / "manifest.json").is_file():
+        print(f"[report] no corpus at {folder}: building it (monet-interp corpus build --out {folder})")
+        build_corpus(folder, progress=progress)
+    return Corpus.load(folder)
+
+
+def _routing_stats(model: Any, corpus: Any, cfg: ReportConfig, out: Path) -> Any:
+    from monet_interp.stats import RoutingStats, compute_routing_stats
+
+    cache = out / "cache" / f"routing_stats-{_cache_key(model, corpus, cfg)}"
+    if (cache / "DONE").is_file():
+        print(f"[report] routing statistics: reusing {cache}")
+        return RoutingStats.load(cache, model=model, corpus=corpus)
+    stats = compute_routing_stats(model, corpus, split=cfg.split, max_tokens_per_label=cfg.stats_tokens_per_label,
+                                  seq_len=cfg.seq_len, top_k=16, doc_max=True, progress=cfg.progress)
+    stats.save(cache)
+    (cache / "DONE").write_text("ok\n")
+    return stats
+
+
+def _monosemanticity(model: Any, dense: Any, corpus: Any, stats: Any, cfg: ReportConfig, out: Path) -> dict:
+    from monet_interp.analyses import monosemanticity as mono
+    from monet_interp.stats.units import compute_unit_stats, dense_neurons
+
+    folder = out / "monosemanticity"
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {"MONET experts": mono.expert_table(stats)}
+    if dense is not None:
+        layer = dense.cfg.num_hidden_layers // 2
+        unit_stats = compute_unit_stats(dense, corpus, dense_neurons(dense, layer), split=cfg.split,
+                                        max_tokens_per_label=cfg.stats_tokens_per_label, seq_len=cfg.seq_len,
+                                        progress=cfg.progress)
+        tables[f"dense neurons (layer {layer})"] = mono.monosemanticity_table(unit_stats)
+    for name, table in tables.items():
+        table.to_csv(folder / f"{name.split(' (')[0].replace(' ', '_')}.csv", index=False)
+    summary = mono.summary_table(tables)
+    summary.to_csv(folder / "summary.csv", index=False)
+    figures = [mono.compare_figure(tables), mono.specialisation_share_figure(tables)]
+    figures += [mono.factor_structure_figure(stats, g) for g in range(stats.n_groups)]
+    experts = tables["MONET experts"]
+    specialised = experts[experts["specialised"]]
+    share = (specialised.groupby(["group", "label"]).size() / (stats.n_experts ** 2)).rename("share").reset_index() \
+        if len(specialised) else pd.DataFrame(columns=["group", "label", "share"])
+    share.to_csv(folder / "specialised_share.csv", index=False)
+    parts = ["<h2>Monosemanticity: MONET experts vs dense neurons</h2>", summary.to_html(index=False, float_format="%.3f"),
+             "<h3>Share of experts specialised per label (2x rule)</h3>",
+             share.to_html(index=False, float_format="%.4f")]
+    parts += [fig.to_html(full_html=False, include_plotlyjs=(k == 0) and "inline") for k, fig in enumerate(figures)]
+    _write_page(folder / "monosemanticity.html", "Monosemanticity", "\n".join(parts))
+    return {"summary": summary, "specialised_share": share, "tables": tables}
+
+
+def _experts(model: Any, corpus: Any, stats: Any, cfg: ReportConfig, out: Path) -> int:
+    from monet_interp.analyses.expert_report import (build_report_data, plan_report_windows,
+                                                     select_top_per_label)
+    from monet_interp.analyses.html_report import write_report
+
+    chosen = select_top_per_label(stats, cfg.experts_per_label)
+    labels = cfg.expert_labels or list(chosen)
+    refs, seen = [], set()
+    for label in labels:
+        for ref in chosen.get(label, []):
+            if ref not in seen:
+                seen.add(ref)
+                refs.append(ref)
+    if not refs:
+        print("[report] no specialised experts found for expert pages")
+        return 0
+    documents, windows, _ = plan_report_windows(model, corpus, split=cfg.split, ctx_len=cfg.seq_len,
+                                                max_tokens_per_label=cfg.stats_tokens_per_label)
+    pages = build_report_data(model, windows, refs, documents=documents, progress=cfg.progress)
+    write_report(out / "experts", pages, meta={"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split})
+    return len(pages)
+
+
+def _unlearning(model: Any, top1: Any, dense: Any, corpus: Any, cfg: ReportConfig, out: Path) -> Any:
+    from monet_interp.analyses.unlearning import default_methods, run_unlearning
+
+    labels = [lab for lab in (cfg.unlearn_labels or corpus.labels) if lab in corpus.labels]
+    methods = default_methods(model, top1=top1, dense=dense)
+    result = run_unlearning(model, corpus, forget=labels, methods=methods, labels=labels,
+                            eval_forget_tokens=cfg.unlearn_eval_tokens, eval_tokens=cfg.unlearn_eval_tokens // 2,
+                            seed=cfg.seed, progress=cfg.progress)
+    result.save(out / "unlearning")
+    return result
+
+
+def _steering(model: Any, top1: Any, dense: Any, corpus: Any, cfg: ReportConfig, out: Path) -> Any:
+    from monet_interp.analyses.steering import run_steering
+
+    models = {cfg.model: model}
+    methods = ["monet", "diffmean"]
+    if top1 is not None:
+        models[cfg.top1] = top1
+        methods.append("top1")
+    concepts = [c for c in (cfg.steer_concepts or corpus.labels) if c in corpus.labels]
+    result = run_steering(models, corpus, concepts=concepts, methods=methods, n_prompts=cfg.steer_prompts,
+                          seed=cfg.seed, verbose=cfg.progress)
+    result.save(out / "steering")
+    return result
+
+
+def _write_page(path: Path, title: str, body: str) -> None:
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                    "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+                    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+                    "th{background:#f3f3f3}</style></head><body>" + body + "</body></html>")
+
+
+def run_report(cfg: ReportConfig) -> dict[str, Any]:
+    """Run every requested section and write ``cfg.out/index.html``; returns a summary dict."""
+    import torch
+
+    from monet_interp import HookedMONET
+    from monet_interp.training.dense import HookedDense
+
+    unknown = [s for s in cfg.sections if s not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown report sections {unknown}; choose from {SECTIONS}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
+
+    def timed(name: str, fn, *args):
+        t0 = time.perf_counter()
+        print(f"[report] {name} ...", flush=True)
+        value = fn(*args)
+        cfg.timings[name] = round(time.perf_counter() - t0, 1)
+        print(f"[report] {name} done in {cfg.timings[name]:.0f} s", flush=True)
+        return value
+
+    model = HookedMONET.from_pretrained(cfg.model)
+    dense = HookedDense.from_pretrained(cfg.dense) if cfg.dense else None
+    top1 = HookedMONET.from_pretrained(cfg.top1) if cfg.top1 else None
+    corpus = _load_corpus(cfg.corpus, cfg.progress)
+    summary: dict[str, Any] = {}
+    links = []
+    stats = timed("routing statistics", _routing_stats, model, corpus, cfg, out)
+    if "monosemanticity" in cfg.sections:
+        mono = timed("monosemanticity", _monosemanticity, model, dense, corpus, stats, cfg, out)
+        summary["monosemanticity"] = mono["summary"]
+        links.append(("monosemanticity/monosemanticity.html", "Monosemanticity: experts vs dense neurons"))
+    if "experts" in cfg.sections:
+        summary["expert_pages"] = timed("expert pages", _experts, model, corpus, stats, cfg, out)
+        links.append(("experts/index.html", f"Expert activation pages ({summary['expert_pages']} experts)"))
+    if "unlearning" in cfg.sections:
+        result = timed("unlearning", _unlearning, model, top1, dense, corpus, cfg, out)
+        summary["unlearning"] = getattr(result, "overview", None)
+        links.append(("unlearning/unlearning.html", "Unlearning: deleting label experts vs baselines"))
+    if "steering" in cfg.sections:
+        result = timed("steering", _steering, model, top1, dense, corpus, cfg, out)
+        summary["steering"] = getattr(result, "summary", None)
+        links.append(("steering/steering.html", "Steering: experts vs DiffMean vs top-1 replacement"))
+    cfg.timings["total"] = round(time.perf_counter() - started, 1)
+    body = [f"<h1>MONET report: {html.escape(cfg.model)}</h1>",
+            f"<p>corpus {html.escape(cfg.corpus)} ({len(corpus.labels)} labels), statistics on the "
+            f"{html.escape(cfg.split)} split, {cfg.stats_tokens_per_label} tokens per label.</p><ul>"]
+    body += [f"<li><a href='{href}'>{html.escape(text)}</a></li>" for href, text in links]
+    body.append("</ul><h2>Timings (s)</h2>" + pd.Series(cfg.timings).to_frame("seconds").to_html())
+    for name, table in summary.items():
+        if isinstance(table, pd.DataFrame):
+            body.append(f"<h2>{html.escape(name)}</h2>" + table.to_html(index=False, float_format="%.3f"))
+    _write_page(out / "index.html", "MONET report", "\n".join(body))
+    (out / "report_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    print(f"[report] wrote {out / 'index.html'} in {cfg.timings['total']:.0f} s")
+    for name, table in summary.items():
+        if isinstance(table, pd.DataFrame):
+            print(f"\n== {name}\n{table.head(20).to_string(index=False)}")
+    return summary
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("report", help="the main job: statistics, monosemanticity, expert pages, "
+                                                  "unlearning and steering in one HTML report")
+    defaults = ReportConfig()
+    parser.add_argument("--model", default=defaults.model, help="embedded name, checkpoint folder or hub id")
+    parser.add_argument("--corpus", default=defaults.corpus, help="corpus folder (built if missing)")
+    parser.add_argument("--out", default=defaults.out)
+    parser.add_argument("--dense", default=defaults.dense, help="dense baseline ('' to skip)")
+    parser.add_argument("--top1", default=defaults.top1, help="top-1 MONET ('' to skip)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="small settings for a smoke run")
+    parser.add_argument("--no-progress", action="store_true")
+
+    def run(args: argparse.Namespace) -> int:
+        sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
+        bad = [s for s in sections if s not in SECTIONS]
+        if bad:
+            parser.error(f"unknown sections {bad}; choose from {', '.join(SECTIONS)}")
+        make = ReportConfig.quick if args.quick else ReportConfig
+        cfg = make(model=args.model, corpus=args.corpus, out=args.out, dense=args.dense or None,
+                   top1=args.top1 or None, sections=sections, progress=not args.no_progress)
+        run_report(cfg)
+        return 0
+
+    parser.set_defaults(func=run)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Reproduce the embedded default checkpoints (monet_interp/checkpoints/<name>/) on CPU.
+#
+#   scripts/train_embedded.sh                 # all four, sequentially: vd, dense, hd, top1
+#   scripts/train_embedded.sh monet-vd-tiny   # one of them
+#
+# Needs a built corpus (monet-interp corpus build --out data/corpus). Each run writes
+# runs/embedded/<name>/ (final model, checkpoint/, history.jsonl, training_manifest.json) and is
+# resumable: re-running the script continues an interrupted run from its last checkpoint.
+# Environment: CORPUS (default data/corpus), RUNS (default runs/embedded), THREADS (default 1:
+# on a shared 2-core machine one thread was faster than two), STEPS (default 500).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CORPUS=${CORPUS:-data/corpus}
+RUNS=${RUNS:-runs/embedded}
+THREADS=${THREADS:-1}
+STEPS=${STEPS:-500}
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
+
+if [ ! -f "$CORPUS/manifest.json" ]; then
+  echo "no corpus at $CORPUS (build it: monet-interp corpus build --out $CORPUS)" >&2
+  exit 1
+fi
+
+# Shared shape: d=192, 4 layers, 4 attention heads, vocab 4096 (tied), E=64 halves (4096 experts
+# per routing group), 4 routing heads, moe_dim 8 (VD halves 4), top-k 4, 2 routing groups.
+COMMON=(--corpus "$CORPUS" --steps "$STEPS" --batch-size 16 --seq-len 128 --lr 0.003 --warmup-steps 30
+        --min-lr-ratio 0.1 --weight-decay 0.1 --grad-clip 1.0 --aux-weight 0.001 --seed 0
+        --d-model 192 --n-layers 4 --n-heads 4 --moe-experts 64 --moe-heads 4 --moe-dim 8 --moe-topk 4
+        --moe-groups 2 --max-position-embeddings 1024
+        --eval-every 250 --eval-batches 1 --eval-batch-size 8 --test-windows 16 --health-batches 8
+        --checkpoint-every 50 --threads "$THREADS" --resume)
+
+declare -A KIND=([monet-vd-tiny]=vd [monet-hd-tiny]=hd [monet-top1-tiny]=top1 [dense-tiny]=dense)
+NAMES=("$@")
+[ ${#NAMES[@]} -eq 0 ] && NAMES=(monet-vd-tiny dense-tiny monet-hd-tiny monet-top1-tiny)
+
+for name in "${NAMES[@]}"; do
+  kind=${KIND[$name]:?unknown checkpoint name $name}
+  echo "=== $name ($kind) $(date -u +%FT%TZ)"
+  "$PYTHON" -m monet_interp.training --model "$kind" --out "$RUNS/$name" "${COMMON[@]}"
+  dest=monet_interp/checkpoints/$name
+  mkdir -p "$dest"
+  for file in config.json model.safetensors tokenizer.json training_manifest.json; do
+    cp "$RUNS/$name/$file" "$dest/$file.tmp" && mv "$dest/$file.tmp" "$dest/$file"
+  done
+  du -sh "$dest"
+done

@@ -218,7 +218,8 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
         links.append(("experts/index.html", f"Expert activation pages ({summary['expert_pages']} experts)"))
     if "unlearning" in cfg.sections:
         result = timed("unlearning", _unlearning, model, top1, dense, corpus, cfg, out)
-        summary["unlearning"] = getattr(result, "overview", None)
+        overview = getattr(result, "overview", None)
+        summary["unlearning"] = overview() if callable(overview) else overview
         links.append(("unlearning/unlearning.html", "Unlearning: deleting label experts vs baselines"))
     if "steering" in cfg.sections:
         result = timed("steering", _steering, model, top1, dense, corpus, cfg, out)

@@ -57,7 +57,7 @@ def main() -> None:
         assert torch.equal(hooked(tokens), bare(tokens))
         # interleave to share machine noise
         t_hooked, t_bare = [], []
-        for _ in range(3):
+        for _ in range(5):
             t_bare.append(time_forward(bare, tokens, args.repeats))
             t_hooked.append(time_forward(hooked, tokens, args.repeats))
         hooked_ms, bare_ms = min(t_hooked) * 1e3, min(t_bare) * 1e3

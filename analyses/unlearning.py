@@ -583,7 +583,8 @@ class Method:
     statistic: "mean" or "freq" (None: run_unlearning's default). fractions: curve grid for
     "ratio" (None: run_unlearning's). match: for "random", the name of the method whose count
     it copies (None: the first non-random method on the same unit set, else the fraction grid);
-    for "same", the method whose units it removes (required).
+    for "same", the method whose units it removes (required). factor / min_value: the 2x rule's
+    factor and the statistic a unit must exceed on the forget label (0: any activity).
     """
 
     name: str
@@ -593,6 +594,7 @@ class Method:
     fractions: tuple[float, ...] | None = None
     match: str | None = None
     factor: float = 2.0
+    min_value: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -689,7 +691,8 @@ class UnlearningResult:
     points: one row per (method, forget, label) on the evaluation split at the operating point:
         clean and edited metrics and deltas (d_*).
     summary: one row per (method, forget): n_removed, d_target_* / d_others_* / selectivity_*,
-        the operating point's selection-split retain drop, within_budget.
+        the operating point's selection-split retain drop, within_budget, and target_share_removed
+        (share of the forget label's statistic, e.g. routing mass, carried by the removed units).
     selections: {(method, forget): unit ids removed at the operating point}.
     """
 
@@ -725,7 +728,7 @@ class UnlearningResult:
         """Per method, means over the forgotten labels of the summary columns."""
         cols = ["n_removed", "frac_removed", "d_target_top1", "d_others_top1", "selectivity_top1",
                 "d_target_bpb", "d_others_bpb", "selectivity_bpb", "d_target_top10", "d_others_top10",
-                "d_target_top1_skip", "d_others_top1_skip", "within_budget"]
+                "d_target_top1_skip", "d_others_top1_skip", "target_share_removed", "within_budget"]
         frame = self.summary.groupby("method", sort=False)[[c for c in cols if c in self.summary]].mean()
         frame.insert(0, "labels", self.summary.groupby("method", sort=False).size())
         return frame
@@ -1001,6 +1004,9 @@ class _Sweep:
         self.timing["statistics_s"] += time.perf_counter() - t0
         return torch.stack([p[stat_name] for p in per])
 
+    def cached_statistics(self, units: UnitSet) -> dict[str, torch.Tensor] | None:
+        return self._stats.get(id(units))
+
     def set_statistics(self, units: UnitSet, stats: dict[str, torch.Tensor]) -> None:
         self._stats[id(units)] = stats
 
@@ -1196,7 +1202,7 @@ def run_unlearning(
                 refine(order)
                 op = _budget_point(curve, retain_budget)
             elif method.rule == "2x":
-                chosen = select_2x(sweep.statistics(units)[stat_name], f_idx, method.factor)
+                chosen = select_2x(sweep.statistics(units)[stat_name], f_idx, method.factor, method.min_value)
                 if twox_prefixes and len(chosen):
                     sizes = sorted({max(1, round(p * len(chosen))) for p in twox_prefixes} - {len(chosen)})
                     for k, size in enumerate(sizes):
@@ -1245,7 +1251,13 @@ def run_unlearning(
                     prow[f"d_{metric}"] = float(edited[k, c] - clean[k, c])
                 rows.append(prow)
             point_rows += rows
-            summary_rows.append(_summarise(method, target, sweep, rows, curve, op, n, retain_budget))
+            summary = _summarise(method, target, sweep, rows, curve, op, n, retain_budget)
+            cached = sweep.cached_statistics(units)
+            if cached is not None:  # how much of the label's activity the removed units carry
+                own = cached[stat_name][f_idx]
+                total = float(own.sum())
+                summary["target_share_removed"] = float(own[chosen].sum()) / total if total > 0 else float("nan")
+            summary_rows.append(summary)
         sweep.log(f"forgot {target} ({fi + 1}/{len(forget_labels)}) in {time.perf_counter() - t_label:.1f} s")
 
     clean_frame = pd.concat(sweep.clean_rows, ignore_index=True) if sweep.clean_rows else pd.DataFrame()

@@ -280,6 +280,7 @@ def test_run_unlearning_end_to_end_tables_and_html(tmp_path):
         assert s.loc[("M ratio", f), "n_removed"] in (round(0.05 * 72), round(0.1 * 72))
         sel = result.selections[("M ratio-iter", f)]
         assert len(set(sel.tolist())) == len(sel)  # an iterative step never re-selects a removed unit
+    assert s["target_share_removed"].between(0, 1).all()
     row = s.loc[("M ratio", "lab0")]
     assert row["selectivity_top1"] == pytest.approx(row["d_target_top1"] - row["d_others_top1"])
     pts = result.points

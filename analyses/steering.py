@@ -502,27 +502,46 @@ def diffmean_vectors(stats: LabelStats, target: str, layers: Sequence[int], site
 
 
 def select_sae_features(stats: LabelStats, saes: Mapping[int, Any], target: str, k: int = 4,
-                        others: Sequence[str] | None = None, eps: float = 1e-6
+                        others: Sequence[str] | None = None, rank: str = "usage", min_skew: float = 2.0,
+                        scale_to: Mapping[str, float] | None = None, eps: float = 1e-6
                         ) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
-    """Top-k features per SAE layer by skew of mean activation (target vs the most active other
-    label); the steering vector is sum_k a_k d_k with a_k the mean activation where it fires."""
+    """k features per SAE layer by label skew of their mean activation, and the steering vector.
+
+    skew_f = mean_f(c) / max_{D != c} mean_f(D); candidates have mean_f(c) >= the mean over
+    features. rank="usage" (default): features passing the 2x rule, most active on the concept
+    first (then the rest by skew); rank="skew": largest skew. The vector is sum_k a_k d_k with a_k
+    the feature's mean activation where it fires on the concept; with ``scale_to`` {hook name:
+    norm} it is rescaled to that L2 norm (e.g. the DiffMean vector's, so that alpha means the same
+    push size for both methods and only the direction differs).
+    """
+    if rank not in ("usage", "skew"):
+        raise ValueError(f"rank must be 'usage' or 'skew', got {rank!r}")
     t = stats.index(target)
     other_idx = [stats.index(o) for o in (others or [l for l in stats.labels if l != target])]
     vectors, chosen = {}, []
     for layer, sae in saes.items():
-        mean = stats.sae_mean[layer]
-        sk = _skew(mean[t], mean[other_idx], eps)
-        sk = torch.where(mean[t] > 0, sk, torch.zeros_like(sk))
-        order = torch.argsort(sk, descending=True, stable=True)[:k].tolist()
+        mean = stats.sae_mean[layer].double()
+        m_t = mean[t]
+        sk = _skew(m_t, mean[other_idx], eps)
+        ok = (m_t > 0) & (m_t >= m_t.mean())
+        if rank == "usage":
+            key = torch.where(ok & (sk >= min_skew), 1e6 + m_t / m_t.max().clamp_min(1e-30),
+                              torch.where(ok, sk / (sk.max() + 1), -1.0))
+        else:
+            key = torch.where(ok, sk, torch.full_like(sk, -1.0))
+        order = torch.argsort(key, descending=True, stable=True)[:k].tolist()
         dec = sae_decoder(sae).detach().float().cpu()
         vec = torch.zeros(dec.shape[1])
         for f in order:
-            if sk[f] <= 0:
+            if key[f] < 0:
                 continue
             a = float(stats.sae_active_mean[layer][t, f])
             vec += a * dec[f]
             chosen.append({"layer": layer, "feature": f, "skew": float(sk[f]), "mean_active": a})
-        vectors[_hook_name(layer, "mlp_out")] = vec
+        name = _hook_name(layer, "mlp_out")
+        if scale_to is not None and name in scale_to and float(vec.norm()) > 0:
+            vec = vec * (float(scale_to[name]) / float(vec.norm()))
+        vectors[name] = vec
     return vectors, chosen
 
 
@@ -596,6 +615,7 @@ class SteeringConfig:
     classifier_chunks: int = 60
     classifier_chars: int = 300
     classifier_eval_chunks: int = 20
+    min_alnum_chars: int = 8  # generations with fewer letters/digits are classified "none"
     # side effects (test split)
     kl_windows: int = 6
     kl_tokens: int = 48
@@ -606,7 +626,7 @@ class SteeringConfig:
     monet_layers: Sequence[int] | None = None
     monet_heads: Sequence[int] | None = None
     monet_selection: str = "skew"  # "skew" (routing statistics) or "attribution"
-    monet_rank: str = "usage"  # "usage" (2x rule, most used) or "skew" (largest ratio); also for top1
+    rank: str = "usage"  # unit ranking for monet/top1/sae: "usage" (2x rule, most used) or "skew"
     # top-1 replacement
     top1_heads: int = 1
     top1_gate: str = "keep"
@@ -618,6 +638,7 @@ class SteeringConfig:
     # SAE
     sae_layers: Sequence[int] | None = None  # default: the middle layer
     sae_k: int = 4
+    sae_scale: str = "diffmean"  # "diffmean": vector norm = DiffMean's at that layer; "activation": sum a_k d_k
     train_saes: bool = True  # train SAEs (baselines.train_saes) for models without given ones
     sae_train_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. steps, expansion, k, tokens_per_label
     batch_size: int = 8
@@ -635,6 +656,10 @@ class SteeringConfig:
             raise ValueError(f"monet_selection must be 'skew' or 'attribution', got {self.monet_selection!r}")
         if self.monet_op not in ("add", "set"):
             raise ValueError(f"monet_op must be 'add' or 'set', got {self.monet_op!r}")
+        if self.rank not in ("usage", "skew"):
+            raise ValueError(f"rank must be 'usage' or 'skew', got {self.rank!r}")
+        if self.sae_scale not in ("diffmean", "activation"):
+            raise ValueError(f"sae_scale must be 'diffmean' or 'activation', got {self.sae_scale!r}")
         if self.top1_gate not in ("keep", "set"):
             raise ValueError(f"top1_gate must be 'keep' or 'set', got {self.top1_gate!r}")
 
@@ -804,7 +829,8 @@ class SteeringResult:
             f"over the alpha grid {esc(str(cfg.get('alphas')))} ({cfg.get('n_prompts')} prompts per concept, "
             f"{cfg.get('prompt_tokens')} prompt tokens, {cfg.get('max_new_tokens')} generated tokens, KV cache on). "
             "Concept score: share of generations an offline character n-gram naive Bayes classifier (trained on the "
-            f"val split; test accuracy {self.classifier_accuracy:.3f}) assigns to the target. Fluency: "
+            f"val split; test accuracy {self.classifier_accuracy:.3f}) assigns to the target (a generation with fewer "
+            f"than {cfg.get('min_alnum_chars')} letters/digits counts as no concept). Fluency: "
             "exp(-max(0, logPPL<sub>0</sub>(gen<sub>a</sub>) - logPPL<sub>0</sub>(gen<sub>0</sub>))) under the "
             "unsteered model. Harmonic: strict harmonic mean of the normalised concept gain and fluency; alpha "
             "chosen on the even prompts, reported on the odd ones. KL: mean token KL(p<sub>0</sub> || "
@@ -832,6 +858,8 @@ class SteeringResult:
                 parts.append(f"<h4>{esc(row.pop('model'))}: toward {esc(row.pop('concept'))} "
                              f"(prompt from {esc(row.pop('source'))})</h4><table class=\"steer-examples\">")
                 for key, value in row.items():
+                    if not isinstance(value, str):  # a method this model does not have
+                        continue
                     parts.append(f"<tr><th>{esc(key)}</th><td><pre>{esc(str(value))}</pre></td></tr>")
                 parts.append("</table>")
         if self.notes:
@@ -908,6 +936,13 @@ def _labels_of(corpus: Any, concepts: Sequence[str] | None, cfg: SteeringConfig)
             raise ValueError(f"prompt labels {unknown} are not labels of the corpus")
         sources[c] = pool
     return concepts, sources
+
+
+def _classify(clf: NgramNaiveBayes, texts: Sequence[str], min_alnum: int) -> list[str]:
+    """Classifier labels; texts with fewer than ``min_alnum`` letters/digits (degenerate output:
+    blank lines, punctuation) get "none" and never count as a concept hit."""
+    preds = clf.predict(texts)
+    return [p if sum(ch.isalnum() for ch in t) >= min_alnum else "none" for p, t in zip(preds, texts)]
 
 
 def train_classifier(corpus: Any, labels: Sequence[str], cfg: SteeringConfig) -> tuple[NgramNaiveBayes, float]:
@@ -1060,7 +1095,7 @@ def run_steering(models: Any, corpus: Any, concepts: Sequence[str] | None = None
                         groups = sorted({model.cfg.group_of_layer(l) for l in cfg.monet_layers})
                     if cfg.monet_selection == "skew":
                         experts, scores = select_monet_experts(stats, concept, cfg.monet_k, groups, heads, others,
-                                                               rank=cfg.monet_rank)
+                                                               rank=cfg.rank)
                     else:
                         experts, scores = select_monet_experts_by_attribution(model, windows, concept, cfg.monet_k,
                                                                               groups, others)
@@ -1069,7 +1104,7 @@ def run_steering(models: Any, corpus: Any, concepts: Sequence[str] | None = None
                     if not monet or not (top1 or cfg.top1_any_routing):
                         continue
                     targets, scores = select_top1_targets(stats, concept, cfg.top1_heads,
-                                                          cfg.top1_groups, others, rank=cfg.monet_rank)
+                                                          cfg.top1_groups, others, rank=cfg.rank)
                     interventions[method] = Top1Replace(targets, cfg.top1_gate, scores=scores)
                 elif method == "diffmean":
                     layers = list(cfg.diffmean_layers) if cfg.diffmean_layers is not None else list(range(n_layers))
@@ -1078,7 +1113,12 @@ def run_steering(models: Any, corpus: Any, concepts: Sequence[str] | None = None
                 elif method == "sae":
                     if not model_saes:
                         continue
-                    vecs, feats = select_sae_features(stats, model_saes, concept, cfg.sae_k, others)
+                    norms = None
+                    if cfg.sae_scale == "diffmean":
+                        norms = {n: float(v.norm()) for n, v in
+                                 diffmean_vectors(stats, concept, list(model_saes), "mlp_out", others).items()}
+                    vecs, feats = select_sae_features(stats, model_saes, concept, cfg.sae_k, others, rank=cfg.rank,
+                                                      scale_to=norms)
                     interventions[method] = AddVector(vecs, {"features": feats}, "sae")
             for method, iv in interventions.items():
                 sel[method] = iv.describe()
@@ -1091,7 +1131,7 @@ def run_steering(models: Any, corpus: Any, concepts: Sequence[str] | None = None
             with torch.no_grad():
                 base_kl_logits = model(kl_t.to(model.device)).float().cpu() if len(kl_t) else None
             base_texts = [tok.decode(g) for g in base_gens]
-            base_pred = clf.predict(base_texts)
+            base_pred = _classify(clf, base_texts, cfg.min_alnum_chars)
             n_prompts = len(prompts)
             halves = ["select" if p % 2 == 0 else "report" for p in range(n_prompts)]
             prompt_texts = [tok.decode(p[len(bos):]) for p in prompts]
@@ -1110,7 +1150,7 @@ def run_steering(models: Any, corpus: Any, concepts: Sequence[str] | None = None
                                 kl_logits = model(kl_t.to(model.device)).float().cpu() if len(kl_t) else None
                         kl = mean_token_kl(base_kl_logits, kl_logits) if kl_logits is not None else float("nan")
                         texts_a = [tok.decode(g) for g in gens]
-                        pred = clf.predict(texts_a)
+                        pred = _classify(clf, texts_a, cfg.min_alnum_chars)
                     proba = clf.predict_proba(texts_a, per_gram_temperature=1.0)
                     p_target = proba[:, clf.classes_.index(concept)]
                     flu = fluency_score(nll, base_nll)

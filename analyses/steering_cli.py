@@ -43,8 +43,9 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--monet-layers", type=int, nargs="+", default=None, help="edit these layers only")
     p.add_argument("--monet-heads", type=int, nargs="+", default=None, help="per-head edits on these heads")
     p.add_argument("--monet-selection", choices=("skew", "attribution"), default=d.monet_selection)
-    p.add_argument("--monet-rank", choices=("usage", "skew"), default=d.monet_rank,
-                   help="with skew selection: most-used experts passing the 2x rule, or largest ratio")
+    p.add_argument("--rank", choices=("usage", "skew"), default=d.rank,
+                   help="unit ranking (experts, top-1 targets, SAE features): most used among those passing the "
+                        "2x rule, or largest ratio")
     p.add_argument("--top1-heads", type=int, default=d.top1_heads, help="heads replaced per routing group")
     p.add_argument("--top1-gate", choices=("keep", "set"), default=d.top1_gate)
     p.add_argument("--top1-groups", type=int, nargs="+", default=None)
@@ -53,6 +54,10 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diffmean-layers", type=int, nargs="+", default=None)
     p.add_argument("--sae-layers", type=int, nargs="+", default=None)
     p.add_argument("--sae-k", type=int, default=d.sae_k)
+    p.add_argument("--sae-scale", choices=("diffmean", "activation"), default=d.sae_scale,
+                   help="SAE vector norm: DiffMean's at the layer (same push size) or sum of mean activations")
+    p.add_argument("--no-train-saes", dest="train_saes", action="store_false",
+                   help="skip the SAE method for models without given SAEs")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -111,7 +116,7 @@ def _generate(args: argparse.Namespace) -> None:
     stats = S.collect_label_stats(model, windows, batch_size=cfg.batch_size)
     if args.method == "monet":
         experts, scores = S.select_monet_experts(stats, args.concept, cfg.monet_k, cfg.monet_groups,
-                                                 cfg.monet_heads, others, rank=cfg.monet_rank)
+                                                 cfg.monet_heads, others, rank=cfg.rank)
         iv: S.Intervention = S.ExpertBoost(experts, cfg.monet_op, cfg.monet_heads, cfg.monet_layers, scores)
     elif args.method == "top1":
         targets, scores = S.select_top1_targets(stats, args.concept, cfg.top1_heads, cfg.top1_groups, others)

@@ -218,6 +218,9 @@ def test_sae_features_add_decoder_direction_with_error_term_kept():
     expected_v = sum(f["mean_active"] * sae.W_dec[f["feature"]] for f in feats)
     v = vecs[f"blocks.{layer}.hook_mlp_out"].double()
     torch.testing.assert_close(v, expected_v, rtol=1e-5, atol=1e-6)
+    scaled, _ = select_sae_features(stats, {layer: sae}, "b", k=2, scale_to={f"blocks.{layer}.hook_mlp_out": 3.0})
+    torch.testing.assert_close(scaled[f"blocks.{layer}.hook_mlp_out"].double(), 3.0 * v / v.norm(),
+                               rtol=1e-5, atol=1e-6)
     cap = _Capture(model, layer)
     base = cap.run(TOKENS)
     steered = cap.run(TOKENS, AddVector(vecs, method="sae").context(model, 0.5))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from monet_interp.config import MonetConfig
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -28,7 +27,9 @@ class CheckpointError(ValueError):
     """A checkpoint folder or file is missing, corrupt, or does not match the config."""
 
 
-_LAYER_RENAMES = (
+# (HF prefix inside a layer, hooked prefix inside a block), first match wins in both directions.
+LayerRenames = tuple[tuple[str, str], ...]
+MONET_LAYER_RENAMES: LayerRenames = (
     ("input_layernorm.", "ln1."),
     ("post_attention_layernorm.", "ln2."),
     ("self_attn.", "attn."),
@@ -37,7 +38,7 @@ _LAYER_RENAMES = (
 )
 
 
-def hf_to_hooked_key(key: str) -> str:
+def hf_to_hooked_key(key: str, renames: LayerRenames = MONET_LAYER_RENAMES) -> str:
     if key == "model.embed_tokens.weight":
         return "embed.W_E"
     if key == "lm_head.weight":
@@ -47,13 +48,13 @@ def hf_to_hooked_key(key: str) -> str:
     match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", key)
     if match:
         layer, rest = match.groups()
-        for old, new in _LAYER_RENAMES:
+        for old, new in renames:
             if rest.startswith(old):
                 return f"blocks.{layer}.{new}{rest[len(old):]}"
     raise KeyError(key)
 
 
-def hooked_to_hf_key(key: str) -> str:
+def hooked_to_hf_key(key: str, renames: LayerRenames = MONET_LAYER_RENAMES) -> str:
     if key == "embed.W_E":
         return "model.embed_tokens.weight"
     if key == "unembed.weight":
@@ -63,27 +64,29 @@ def hooked_to_hf_key(key: str) -> str:
     match = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
     if match:
         layer, rest = match.groups()
-        for old, new in _LAYER_RENAMES:
+        for old, new in renames:
             if rest.startswith(new):
                 return f"model.layers.{layer}.{old}{rest[len(new):]}"
     raise KeyError(key)
 
 
-def hf_to_hooked_state_dict(hf_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def hf_to_hooked_state_dict(hf_state: dict[str, torch.Tensor], renames: LayerRenames = MONET_LAYER_RENAMES
+                            ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename HF keys; returns (state dict, keys that have no counterpart)."""
     out, unknown = {}, []
     for key, value in hf_state.items():
         if IGNORABLE_HF_KEYS.fullmatch(key):
             continue
         try:
-            out[hf_to_hooked_key(key)] = value
+            out[hf_to_hooked_key(key, renames)] = value
         except KeyError:
             unknown.append(key)
     return out, unknown
 
 
-def hooked_to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {hooked_to_hf_key(key): value for key, value in state.items()}
+def hooked_to_hf_state_dict(state: dict[str, torch.Tensor], renames: LayerRenames = MONET_LAYER_RENAMES
+                            ) -> dict[str, torch.Tensor]:
+    return {hooked_to_hf_key(key, renames): value for key, value in state.items()}
 
 
 # ---------------------------------------------------------------------------- files
@@ -126,11 +129,14 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], unknown: list[str],
-                     source: str) -> None:
-    """Raise one CheckpointError naming every missing, unexpected and mis-shaped key."""
-    missing = sorted(hooked_to_hf_key(k) for k in expected if k not in found)
-    unexpected = sorted(unknown + [hooked_to_hf_key(k) for k in found if k not in expected])
-    wrong = sorted(f"{hooked_to_hf_key(k)}: checkpoint {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+                     source: str, renames: LayerRenames = MONET_LAYER_RENAMES) -> None:
+    """Raise one CheckpointError naming every missing, unexpected and mis-shaped key (HF names)."""
+    def hf(key: str) -> str:
+        return hooked_to_hf_key(key, renames)
+
+    missing = sorted(hf(k) for k in expected if k not in found)
+    unexpected = sorted(unknown + [hf(k) for k in found if k not in expected])
+    wrong = sorted(f"{hf(k)}: checkpoint {tuple(found[k].shape)} vs model {tuple(v.shape)}"
                    for k, v in expected.items() if k in found and found[k].shape != v.shape)
     problems = []
     if missing:
@@ -143,11 +149,13 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
         raise CheckpointError(f"checkpoint {source} does not match its config:\n  " + "\n  ".join(problems))
 
 
-def write_checkpoint(folder: Path, cfg: MonetConfig, state: dict[str, torch.Tensor]) -> None:
+def write_checkpoint(folder: Path, cfg, state: dict[str, torch.Tensor],
+                     renames: LayerRenames = MONET_LAYER_RENAMES) -> None:
+    """config.json (``cfg.to_json_file``) + model.safetensors with HF key names, written atomically."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    hf_state = {k: v.detach().contiguous().cpu() for k, v in hooked_to_hf_state_dict(state).items()}
+    hf_state = {k: v.detach().contiguous().cpu() for k, v in hooked_to_hf_state_dict(state, renames).items()}
     tmp = folder / (SAFETENSORS_NAME + ".tmp")
     save_file(hf_state, str(tmp), metadata={"format": "pt"})
     tmp.replace(folder / SAFETENSORS_NAME)

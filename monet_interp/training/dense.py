@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import nn
-from transformer_lens import ActivationCache, HookedRootModule
 
 from monet_interp import loading
 from monet_interp.components import Attention, Embed, KeyValueCache, RMSNorm, Unembed, relu2
 from monet_interp.components.hooks import hook_point
 from monet_interp.config import ConfigError, MonetConfig
+from monet_interp.hooked_lm import HookedCausalLM
 from monet_interp.model import HookedMONET
 from monet_interp.tokenizer import MonetTokenizer
 
@@ -213,54 +212,18 @@ class DenseBlock(nn.Module):
         return self.hook_resid_post(resid + mlp_out)
 
 
-# HF <-> hooked key names
-_LAYER_RENAMES = (("input_layernorm.", "ln1."), ("post_attention_layernorm.", "ln2."), ("self_attn.", "attn."),
-                  ("mlp.", "mlp."))
+# HF <-> hooked key names of a dense layer (see monet_interp.loading)
+DENSE_LAYER_RENAMES: loading.LayerRenames = (
+    ("input_layernorm.", "ln1."), ("post_attention_layernorm.", "ln2."), ("self_attn.", "attn."), ("mlp.", "mlp."))
 
 
-def dense_hf_to_hooked_key(key: str) -> str:
-    fixed = {"model.embed_tokens.weight": "embed.W_E", "lm_head.weight": "unembed.weight",
-             "model.norm.weight": "ln_final.weight"}
-    if key in fixed:
-        return fixed[key]
-    match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", key)
-    if match:
-        layer, rest = match.groups()
-        for old, new in _LAYER_RENAMES:
-            if rest.startswith(old):
-                return f"blocks.{layer}.{new}{rest[len(old):]}"
-    raise KeyError(key)
+class HookedDense(HookedCausalLM):
+    """Hooked dense Llama (relu2 MLP). Same forward/tokenizer/generate/checkpoint interface as
+    HookedMONET (both are HookedCausalLM), without routing: ``return_routing=True`` gives []."""
 
-
-def dense_hooked_to_hf_key(key: str) -> str:
-    fixed = {"embed.W_E": "model.embed_tokens.weight", "unembed.weight": "lm_head.weight",
-             "ln_final.weight": "model.norm.weight"}
-    if key in fixed:
-        return fixed[key]
-    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
-    if match:
-        layer, rest = match.groups()
-        for old, new in _LAYER_RENAMES:
-            if rest.startswith(new):
-                return f"model.layers.{layer}.{old}{rest[len(new):]}"
-    raise KeyError(key)
-
-
-class HookedDense(HookedRootModule):
-    """Hooked dense Llama (relu2 MLP). Same forward/tokenizer/generate interface as HookedMONET,
-    without routing."""
-
-    # Tokenizer helpers, loss and generation are shared with HookedMONET (they only use cfg,
-    # tokenizer, device and forward).
-    _require_tokenizer = HookedMONET._require_tokenizer
-    to_tokens = HookedMONET.to_tokens
-    to_string = HookedMONET.to_string
-    to_str_tokens = HookedMONET.to_str_tokens
-    to_single_token = HookedMONET.to_single_token
-    _as_tokens = HookedMONET._as_tokens
-    _check_tokens = HookedMONET._check_tokens
-    loss_fn = staticmethod(HookedMONET.loss_fn)
-    generate = HookedMONET.generate
+    config_class = DenseConfig
+    layer_renames = DENSE_LAYER_RENAMES
+    default_checkpoint = "dense-tiny"
 
     def __init__(self, cfg: DenseConfig, tokenizer: MonetTokenizer | None = None,
                  device: str | torch.device | None = None):
@@ -268,7 +231,7 @@ class HookedDense(HookedRootModule):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.embed = Embed(cfg.vocab_size, cfg.hidden_size)
-        self.hook_embed = hook_point()
+        self.hook_embed = hook_point()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([DenseBlock(cfg, layer) for layer in range(cfg.num_hidden_layers)])
         self.ln_final = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.unembed = Unembed(cfg.vocab_size, cfg.hidden_size, tied_to=self.embed if cfg.tie_word_embeddings else None)
@@ -277,144 +240,11 @@ class HookedDense(HookedRootModule):
         self.setup()
         self.to(device or "cpu")
 
-    @property
-    def W_E(self) -> torch.Tensor:
-        return self.embed.W_E
-
-    @property
-    def W_U(self) -> torch.Tensor:
-        return self.unembed.W_U
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.W_E.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.W_E.dtype
-
-    def to(self, *args, **kwargs):
-        out = super().to(*args, **kwargs)
-        self.cfg.device = str(self.device)
-        return out
-
-    def init_weights(self, seed: int | None = None) -> None:
-        """Same init as HookedMONET: normal(0, initializer_range) matrices, ones for norm weights."""
-        HookedMONET.init_weights(self, seed)
-
-    def set_router_batch_stats(self, enabled: bool) -> None:
-        """No routers: a no-op, so trainers can treat both model kinds alike."""
-
-    def forward(
-        self,
-        inputs,
-        return_type: Literal["logits", "loss", "both"] | None = "logits",
-        loss_per_token: bool = False,
-        prepend_bos: bool | None = None,
-        stop_at_layer: int | None = None,
-        attention_mask: torch.Tensor | None = None,
-        past_kv_cache: KeyValueCache | None = None,
-        return_routing: bool = False,
-    ):
-        """As HookedMONET.forward; ``return_routing=True`` returns (result, []) (no routers)."""
-        tokens = self._as_tokens(inputs, prepend_bos)
-        past = past_kv_cache.length if past_kv_cache is not None else 0
-        self._check_tokens(tokens, past)
-        key_mask = None
-        if past_kv_cache is not None and attention_mask is not None:
-            previous = past_kv_cache.attention_mask
-            if previous is None:
-                previous = torch.ones(tokens.shape[0], past, dtype=torch.bool, device=tokens.device)
-            past_kv_cache.attention_mask = torch.cat([previous, attention_mask.bool()], dim=1)
-            attention_mask = past_kv_cache.attention_mask
-        elif past_kv_cache is not None and past_kv_cache.attention_mask is not None:
-            ones = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
-            past_kv_cache.attention_mask = torch.cat([past_kv_cache.attention_mask, ones], dim=1)
-            attention_mask = past_kv_cache.attention_mask
-        if attention_mask is not None:
-            key_mask = attention_mask.bool().to(tokens.device)
-            positions = (key_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -tokens.shape[1]:]
-        else:
-            positions = torch.arange(past, past + tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
-        resid = self.hook_embed(self.embed(tokens))
+    def _run_blocks(self, resid: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None,
+                    cache: KeyValueCache | None, stop_at_layer: int | None) -> tuple[torch.Tensor, list]:
         for block in self.blocks[:stop_at_layer]:
-            resid = block(resid, positions, key_mask, past_kv_cache)
-        if stop_at_layer is not None:
-            return (resid, []) if return_routing else resid
-        logits = self.unembed(self.ln_final(resid))
-        if return_type == "logits":
-            result = logits
-        elif return_type in ("loss", "both"):
-            mask = attention_mask if attention_mask is not None and past_kv_cache is None else None
-            loss = self.loss_fn(logits, tokens, mask, per_token=loss_per_token)
-            result = loss if return_type == "loss" else (logits, loss)
-        elif return_type is None:
-            result = None
-        else:
-            raise ValueError(f"unknown return_type {return_type!r}; use 'logits', 'loss', 'both' or None")
-        return (result, []) if return_routing else result
-
-    def run_with_cache(self, *model_args, return_cache_object: bool = True, remove_batch_dim: bool = False,
-                       **kwargs):
-        """(output, ActivationCache); names_filter, device, incl_bwd and forward arguments as usual."""
-        out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
-        if return_cache_object:
-            return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
-        return out, cache_dict
-
-    # ------------------------------------------------------------------ checkpoints
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        return {dense_hooked_to_hf_key(k): v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-
-    def save_pretrained(self, folder: str | Path, save_tokenizer: bool = True) -> None:
-        """config.json (model_type "dense-llama") + model.safetensors (Llama key names) [+ tokenizer.json]."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (loading.SAFETENSORS_NAME + ".tmp")
-        save_file(self.hf_state_dict(), str(tmp), metadata={"format": "pt"})
-        tmp.replace(folder / loading.SAFETENSORS_NAME)
-        self.cfg.to_json_file(folder / loading.CONFIG_NAME)
-        if save_tokenizer and self.tokenizer is not None:
-            self.tokenizer.save(folder)
-
-    def load_hf_state_dict(self, hf_state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Copy HF-named tensors into this model (strict; every problem named at once)."""
-        state, unknown = {}, []
-        for key, value in hf_state.items():
-            try:
-                state[dense_hf_to_hooked_key(key)] = value
-            except KeyError:
-                unknown.append(key)
-        expected = self.state_dict()
-        missing = sorted(dense_hooked_to_hf_key(k) for k in expected if k not in state)
-        unexpected = sorted(unknown + [dense_hooked_to_hf_key(k) for k in state if k not in expected])
-        wrong = sorted(f"{dense_hooked_to_hf_key(k)}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                       for k, v in expected.items() if k in state and state[k].shape != v.shape)
-        problems = [f"{what}: {', '.join(keys)}" for what, keys in
-                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)) if keys]
-        if problems:
-            raise loading.CheckpointError(f"checkpoint {source} does not match its config:\n  " + "\n  ".join(problems))
-        with torch.no_grad():
-            for key, param in expected.items():
-                param.copy_(state[key].to(param.dtype))
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | Path = "dense-tiny", device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None) -> HookedDense:
-        """Load an embedded checkpoint name (e.g. "dense-tiny") or a local folder."""
-        folder = loading.resolve_checkpoint(name_or_path)
-        if not (folder / loading.CONFIG_NAME).is_file():
-            raise loading.CheckpointError(f"{folder} has no {loading.CONFIG_NAME}")
-        cfg = DenseConfig.from_json_file(folder / loading.CONFIG_NAME)
-        model = cls(cfg, MonetTokenizer.from_folder(folder))
-        model.load_hf_state_dict(loading.read_state_dict(folder), str(folder))
-        model.to(device or "cpu")
-        if dtype is not None:
-            model.to(dtype)
-        model.checkpoint_path = str(folder)
-        return model.eval()
+            resid = block(resid, positions, key_mask, cache)
+        return resid, []
 
 
 def load_any_pretrained(name_or_path: str | Path, device: str | torch.device | None = None,

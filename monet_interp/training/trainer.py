@@ -56,7 +56,7 @@ from monet_interp import loading
 from monet_interp.config import MonetConfig
 from monet_interp.model import HookedMONET
 from monet_interp.tokenizer import MonetTokenizer
-from monet_interp.training.dense import DenseConfig, HookedDense, matched_dense_config
+from monet_interp.training.dense import HookedDense, matched_dense_config
 from monet_interp.training.health import format_health, model_health
 from monet_interp.training.losses import AUX_WEIGHT, routing_aux_losses
 from monet_interp.training.metrics import evaluate_sampled, evaluate_windows, mean_bpb, token_byte_lengths
@@ -247,13 +247,7 @@ def save_model(model: Any, folder: Path) -> None:
 
 def load_weights(model: Any, folder: Path) -> None:
     """Copy the weights (and router statistics) of a checkpoint folder into ``model`` in place."""
-    hf_state = loading.read_state_dict(folder)
-    if isinstance(model, HookedDense):
-        model.load_hf_state_dict(hf_state, str(folder))
-        return
-    state, unknown = loading.hf_to_hooked_state_dict(hf_state)
-    loading.check_state_dict(model.state_dict(), state, unknown, str(folder))
-    model.load_state_dict(state, strict=True)
+    model.load_hf_state_dict(loading.read_state_dict(folder), str(folder))
 
 
 def write_checkpoint(out: Path, model: Any, state: dict[str, Any]) -> Path:

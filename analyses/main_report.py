@@ -114,12 +114,39 @@ def _monosemanticity(model: Any, dense: Any, corpus: Any, stats: Any, cfg: Repor
     share = (specialised.groupby(["group", "label"]).size() / (stats.n_experts ** 2)).rename("share").reset_index() \
         if len(specialised) else pd.DataFrame(columns=["group", "label", "share"])
     share.to_csv(folder / "specialised_share.csv", index=False)
+    language_experts = most_specific_experts(experts, stats, corpus, labels=corpus.labels_of_kind("code"))
+    language_experts.to_csv(folder / "language_experts.csv", index=False)
     parts = ["<h2>Monosemanticity: MONET experts vs dense neurons</h2>", summary.to_html(index=False, float_format="%.3f"),
+             "<h3>Most language-specific experts</h3>", language_experts.to_html(index=False, float_format="%.4f"),
              "<h3>Share of experts specialised per label (2x rule)</h3>",
              share.to_html(index=False, float_format="%.4f")]
     parts += [fig.to_html(full_html=False, include_plotlyjs=(k == 0) and "inline") for k, fig in enumerate(figures)]
     _write_page(folder / "monosemanticity.html", "Monosemanticity", "\n".join(parts))
     return {"summary": summary, "specialised_share": share, "tables": tables}
+
+
+def most_specific_experts(experts: pd.DataFrame, stats: Any, corpus: Any, labels: list[str], n: int = 5,
+                          split: str = "val", n_tokens: int = 5) -> pd.DataFrame:
+    """The ``n`` experts specialised (2x rule) in one of ``labels`` with the largest skew r1/r2,
+    among those whose mean score on their label is above the median of such experts (so that
+    rarely routed experts do not win on skew alone), with the commonest tokens of their top-k
+    contexts (token counts over the contexts)."""
+    from collections import Counter
+
+    tokenizer = corpus.tokenizer()
+    chosen = experts[experts["specialised"] & experts["label"].isin(labels)]
+    chosen = chosen[chosen["r_top"] > chosen["r_top"].median()].sort_values(["skew", "r_top"], ascending=False).head(n)
+    rows = []
+    for _, expert in chosen.iterrows():
+        contexts = stats.top_contexts(int(expert["group"]), int(expert["i"]), int(expert["j"]))
+        counts: Counter = Counter()
+        for _, ctx in contexts.iterrows():
+            document = corpus.documents(ctx["label"], split)[int(ctx["doc"])]
+            counts[tokenizer.decode([int(document[int(ctx["pos"])])])] += 1
+        rows.append({"group": int(expert["group"]), "i": int(expert["i"]), "j": int(expert["j"]),
+                     "label": expert["label"], "skew": float(expert["skew"]), "r_top": float(expert["r_top"]),
+                     "top_tokens": " | ".join(repr(t) for t, _ in counts.most_common(n_tokens))})
+    return pd.DataFrame(rows, columns=["group", "i", "j", "label", "skew", "r_top", "top_tokens"])
 
 
 def _experts(model: Any, corpus: Any, stats: Any, cfg: ReportConfig, out: Path) -> int:

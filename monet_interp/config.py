@@ -27,8 +27,40 @@ class ConfigError(ValueError):
     """A MONET config field has an invalid value."""
 
 
+class TransformerLensAliases:
+    """TransformerLens-style names for the HF config fields (ActivationCache and SAELens read them)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def n_layers(self) -> int:
+        return self.num_hidden_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.hidden_size
+
+    @property
+    def n_heads(self) -> int:
+        return self.num_attention_heads
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim
+
+    @property
+    def d_vocab(self) -> int:
+        return self.vocab_size
+
+    @property
+    def n_ctx(self) -> int:
+        return self.max_position_embeddings
+
+
 @dataclass
-class MonetConfig:
+class MonetConfig(TransformerLensAliases):
     vocab_size: int = 32000
     hidden_size: int = 2048
     num_hidden_layers: int = 24
@@ -66,10 +98,6 @@ class MonetConfig:
 
     # ------------------------------------------------------------------ derived sizes
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
     def num_routers(self) -> int:
         return math.ceil(self.num_hidden_layers / self.moe_groups)
 
@@ -84,31 +112,6 @@ class MonetConfig:
     def layers_of_group(self, group: int) -> list[int]:
         start = group * self.moe_groups
         return list(range(start, min(start + self.moe_groups, self.num_hidden_layers)))
-
-    # TransformerLens-style aliases (ActivationCache and SAELens read these).
-    @property
-    def n_layers(self) -> int:
-        return self.num_hidden_layers
-
-    @property
-    def d_model(self) -> int:
-        return self.hidden_size
-
-    @property
-    def n_heads(self) -> int:
-        return self.num_attention_heads
-
-    @property
-    def d_head(self) -> int:
-        return self.head_dim
-
-    @property
-    def d_vocab(self) -> int:
-        return self.vocab_size
-
-    @property
-    def n_ctx(self) -> int:
-        return self.max_position_embeddings
 
     @property
     def is_vertical(self) -> bool:

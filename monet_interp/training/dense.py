@@ -31,7 +31,7 @@ from torch import nn
 from monet_interp import loading
 from monet_interp.components import Attention, Embed, KeyValueCache, RMSNorm, Unembed, relu2
 from monet_interp.components.hooks import hook_point
-from monet_interp.config import ConfigError, MonetConfig
+from monet_interp.config import ConfigError, MonetConfig, TransformerLensAliases
 from monet_interp.hooked_lm import HookedCausalLM
 from monet_interp.model import HookedMONET
 from monet_interp.tokenizer import MonetTokenizer
@@ -40,7 +40,7 @@ MODEL_TYPE = "dense-llama"
 
 
 @dataclass
-class DenseConfig:
+class DenseConfig(TransformerLensAliases):
     vocab_size: int = 4096
     hidden_size: int = 192
     intermediate_size: int = 768
@@ -66,38 +66,10 @@ class DenseConfig:
             self.num_key_value_heads = self.num_attention_heads
         self.validate()
 
-    # TransformerLens-style aliases
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def n_layers(self) -> int:
-        return self.num_hidden_layers
-
-    @property
-    def d_model(self) -> int:
-        return self.hidden_size
-
+    # TransformerLens-style aliases beyond TransformerLensAliases
     @property
     def d_mlp(self) -> int:
         return self.intermediate_size
-
-    @property
-    def n_heads(self) -> int:
-        return self.num_attention_heads
-
-    @property
-    def d_head(self) -> int:
-        return self.head_dim
-
-    @property
-    def d_vocab(self) -> int:
-        return self.vocab_size
-
-    @property
-    def n_ctx(self) -> int:
-        return self.max_position_embeddings
 
     @property
     def act_fn(self) -> str:

@@ -15,7 +15,9 @@ import sys
 SUBCOMMAND_MODULES = (
     "monet_interp.data.corpus",
     "monet_interp.training.trainer",
+    "monet_interp.analyses.stats_cli",
     "monet_interp.analyses.report_cli",
+    "monet_interp.analyses.edit_cli",
     "monet_interp.analyses.unlearning_cli",
     "monet_interp.analyses.steering_cli",
     "monet_interp.analyses.main_report",
@@ -24,6 +26,14 @@ SUBCOMMAND_MODULES = (
 
 class CliError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the error into a usage message, exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -84,12 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from monet_interp.config import ConfigError
-    from monet_interp.loading import CheckpointError
+    from monet_interp.data.corpus import CorpusError
 
     try:
         code = args.func(args)
-    except (CliError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
+    except (CliError, CorpusError, FileNotFoundError, ValueError) as err:  # ConfigError etc. are ValueErrors
         print(f"monet-interp {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -99,4 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: subcommands raise the CliError of
+    # monet_interp.analyses.cli, which a second copy of this module would not catch.
+    from monet_interp.analyses.cli import main as package_main
+
+    sys.exit(package_main())

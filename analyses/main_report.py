@@ -8,7 +8,7 @@ Steps (each writes its own folder under ``--out``; ``index.html`` links them):
 2. monosemanticity: experts vs the dense baseline's MLP neurons (tables, figures),
 3. expert activation pages for the top experts of every label,
 4. unlearning (delete label experts; MONET vs dense neurons and random units),
-5. steering (experts vs DiffMean, and top-1 replacement on the top-1 model).
+5. steering (experts vs SAE features vs DiffMean, and top-1 replacement on the top-1 model).
 Every table is also written as CSV.
 """
 
@@ -45,7 +45,11 @@ class ReportConfig:
     unlearn_eval_tokens: int = 256
     steer_concepts: tuple[str, ...] | None = ("python", "c", "shakespeare")
     steer_prompts: int = 6
+    steer_alphas: tuple[float, ...] | None = None  # None: SteeringConfig's grid
+    steer_new_tokens: int = 24
+    sae_steps: int = 300  # SAE training steps per model (steering's SAE baseline)
     seed: int = 0
+    threads: int | None = 1  # torch CPU threads; 1 is fastest for the tiny models on a shared 2-core machine
     progress: bool = True
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -53,7 +57,7 @@ class ReportConfig:
     def quick(cls, **overrides: Any) -> ReportConfig:
         """Small settings for a smoke run (tests, a first look)."""
         base = dict(stats_tokens_per_label=600, seq_len=64, experts_per_label=1, unlearn_eval_tokens=64,
-                    steer_prompts=2)
+                    steer_prompts=2, steer_alphas=(1.0, 4.0), steer_new_tokens=12, sae_steps=60)
         base.update(overrides)
         return cls(**base)
 
@@ -188,13 +192,15 @@ def _steering(model: Any, top1: Any, dense: Any, corpus: Any, cfg: ReportConfig,
     from monet_interp.analyses.steering import run_steering
 
     models = {cfg.model: model}
-    methods = ["monet", "diffmean"]
+    methods = ["monet", "diffmean", "sae"]
     if top1 is not None:
         models[cfg.top1] = top1
         methods.append("top1")
     concepts = [c for c in (cfg.steer_concepts or corpus.labels) if c in corpus.labels]
+    grid = {"alphas": tuple(cfg.steer_alphas)} if cfg.steer_alphas else {}
     result = run_steering(models, corpus, concepts=concepts, methods=methods, n_prompts=cfg.steer_prompts,
-                          seed=cfg.seed, verbose=cfg.progress)
+                          max_new_tokens=cfg.steer_new_tokens, sae_train_kwargs={"steps": cfg.sae_steps},
+                          seed=cfg.seed, verbose=cfg.progress, **grid)
     result.save(out / "steering")
     return result
 
@@ -218,6 +224,10 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
         raise ValueError(f"unknown report sections {unknown}; choose from {SECTIONS}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads is not None:
+        if cfg.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {cfg.threads}")
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
 
@@ -251,7 +261,7 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
     if "steering" in cfg.sections:
         result = timed("steering", _steering, model, top1, dense, corpus, cfg, out)
         summary["steering"] = getattr(result, "summary", None)
-        links.append(("steering/steering.html", "Steering: experts vs DiffMean vs top-1 replacement"))
+        links.append(("steering/steering.html", "Steering: experts vs top-1 replacement vs SAE features vs DiffMean"))
     cfg.timings["total"] = round(time.perf_counter() - started, 1)
     body = [f"<h1>MONET report: {html.escape(cfg.model)}</h1>",
             f"<p>corpus {html.escape(cfg.corpus)} ({len(corpus.labels)} labels), statistics on the "
@@ -281,6 +291,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top1", default=defaults.top1, help="top-1 MONET ('' to skip)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="small settings for a smoke run")
+    parser.add_argument("--threads", type=int, default=defaults.threads,
+                        help=f"torch CPU threads (default {defaults.threads}: fastest for small models)")
     parser.add_argument("--no-progress", action="store_true")
 
     def run(args: argparse.Namespace) -> int:
@@ -290,7 +302,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
             parser.error(f"unknown sections {bad}; choose from {', '.join(SECTIONS)}")
         make = ReportConfig.quick if args.quick else ReportConfig
         cfg = make(model=args.model, corpus=args.corpus, out=args.out, dense=args.dense or None,
-                   top1=args.top1 or None, sections=sections, progress=not args.no_progress)
+                   top1=args.top1 or None, sections=sections, threads=args.threads, progress=not args.no_progress)
         run_report(cfg)
         return 0
 

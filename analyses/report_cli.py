@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from monet_interp.analyses import expert_report as R
+from monet_interp.analyses.cli import positive_int
 
 
 def _error(message: str) -> Exception:
@@ -26,13 +27,6 @@ def _error(message: str) -> Exception:
     except ImportError:  # pragma: no cover - used as a library without the CLI module
         return R.ReportError(message)
     return CliError(message)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _expert(text: str) -> R.ExpertRef:
@@ -51,24 +45,24 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (index.html, experts/, assets/)")
     parser.add_argument("--experts", nargs="+", type=_expert, metavar="G:I:J",
                         help="experts to report (routing group:i:j); default: the top experts per label")
-    parser.add_argument("--top-per-label", type=_positive, default=5, metavar="N",
+    parser.add_argument("--top-per-label", type=positive_int, default=5, metavar="N",
                         help="without --experts: the N most specialised experts per label (default 5)")
     parser.add_argument("--min-fires", type=int, default=20,
                         help="without --experts: only experts firing on at least this many tokens (default 20)")
     parser.add_argument("--groups", nargs="+", type=int, help="without --experts: routing groups to search (default all)")
     parser.add_argument("--split", default=None, help="corpus split (default: test, the held-out split)")
     parser.add_argument("--labels", nargs="+", help="corpus labels to use (default all)")
-    parser.add_argument("--max-tokens-per-label", type=_positive, default=50_000,
+    parser.add_argument("--max-tokens-per-label", type=positive_int, default=50_000,
                         help="document tokens per label, documents in corpus order (default 50,000)")
     parser.add_argument("--fire-threshold", type=float, default=R.DEFAULT_FIRE_THRESHOLD,
                         help="an expert fires on a token when its score exceeds this (default 0.01, as the "
                              "routing statistics)")
     parser.add_argument("--routing-stats", metavar="DIR",
                         help="without --experts: choose experts from saved RoutingStats instead of computing them")
-    parser.add_argument("--ctx-len", type=_positive, default=None,
+    parser.add_argument("--ctx-len", type=positive_int, default=None,
                         help="window length in tokens, bos included (default: 128, or the model's context if shorter)")
-    parser.add_argument("--top-k", type=_positive, default=R.DEFAULT_TOP_K, help="top contexts per expert")
-    parser.add_argument("--batch-size", type=_positive, default=8)
+    parser.add_argument("--top-k", type=positive_int, default=R.DEFAULT_TOP_K, help="top contexts per expert")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default=None, help="torch device (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inline-plotly", action="store_true",

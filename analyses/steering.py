@@ -775,6 +775,108 @@ class SteeringResult:
                          "winner": "/".join(sorted(grp.loc[grp[metric] == best, "method"]))})
         return pd.DataFrame(rows)
 
+    def markdown(self, digits: int = 2) -> str:
+        """Markdown tables for a README: per (model, method) means over concepts and concepts won;
+        harmonic mean per concept x (model, method); concept score / fluency / harmonic / KL of every
+        cell (in a <details> block); and the success-vs-fluency curves (all prompts, mean over
+        concepts) over the alpha grid."""
+        s = self.summary
+        col = lambda m, meth: f"{m} / {meth}"  # noqa: E731
+        winners = self.winners()
+        won = {}
+        for row in winners.itertuples():
+            if row.harmonic > 0:
+                for meth in row.winner.split("/"):
+                    won[(row.model, meth)] = won.get((row.model, meth), 0) + 1
+        fmt = f"{{:.{digits}f}}".format
+        lines = ["| model / method | concepts | concept score | fluency | harmonic | KL | wrong way | concepts won |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for (model, method), grp in s.groupby(["model", "method"], sort=False):
+            lines.append(f"| {col(model, method)} | {len(grp)} | {fmt(grp['concept_score'].mean())} | "
+                         f"{fmt(grp['fluency'].mean())} | {fmt(grp['harmonic'].mean())} | {fmt(grp['kl'].mean())} | "
+                         f"{grp['wrong_way'].mean():.0%} | {won.get((model, method), 0)} |")
+        pairs = list(dict.fromkeys(zip(s["model"], s["method"])))
+        concepts = list(dict.fromkeys(s["concept"]))
+        cell = {(r.model, r.method, r.concept): r for r in s.itertuples()}
+        header = "| concept | " + " | ".join(col(m, meth) for m, meth in pairs) + " |"
+        rule = "|---" * (len(pairs) + 1) + "|"
+        harmonic = [header, rule]
+        detail = [header, rule]
+        for c in concepts:
+            best = {m: max((cell[(m2, meth, c)].harmonic for m2, meth in pairs
+                            if m2 == m and (m2, meth, c) in cell), default=0) for m, _ in pairs}
+            h_row, d_row = [c], [c]
+            for m, meth in pairs:
+                r = cell.get((m, meth, c))
+                if r is None:
+                    h_row.append("-")
+                    d_row.append("-")
+                    continue
+                h = fmt(r.harmonic)
+                h_row.append(f"**{h}**" if r.harmonic == best[m] and best[m] > 0 else h)
+                d_row.append(f"{fmt(r.concept_score)} / {fmt(r.fluency)} / {fmt(r.harmonic)} / {fmt(r.kl)}")
+            harmonic.append("| " + " | ".join(h_row) + " |")
+            detail.append("| " + " | ".join(d_row) + " |")
+        curves = self.curves[self.curves["half"] == "all"]
+        mean = curves.groupby(["model", "method", "alpha"], sort=False)[["concept_score", "fluency"]].mean()
+        alphas = sorted(curves["alpha"].unique())
+        curve = ["| model / method | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |",
+                 "|---" * (len(alphas) + 1) + "|"]
+        for m, meth in pairs:
+            vals = [f"{fmt(mean.loc[(m, meth, a), 'concept_score'])} / {fmt(mean.loc[(m, meth, a), 'fluency'])}"
+                    if (m, meth, a) in mean.index else "-" for a in alphas]
+            curve.append(f"| {col(m, meth)} | " + " | ".join(vals) + " |")
+        return "\n".join([
+            "Means over concepts (report half, each cell at its alpha chosen on the select half):", "",
+            *lines, "", "Harmonic mean per concept (each model's best method in bold):", "", *harmonic, "",
+            "<details><summary>Concept score / fluency / harmonic / KL per cell</summary>", "", *detail, "",
+            "</details>", "",
+            "Success vs fluency over the alpha grid (concept score / fluency, all prompts, mean over concepts):", "",
+            *curve])
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SteeringResult:
+        """A result saved with :meth:`save` (tables from the CSVs, the rest from selections.json)."""
+        import pandas as pd
+
+        root = Path(folder)
+        missing = [n for n in ("generations.csv", "curves.csv", "summary.csv", "selections.json")
+                   if not (root / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{root} is not a saved steering run (missing {', '.join(missing)})")
+        meta = json.loads((root / "selections.json").read_text())
+        return cls(pd.read_csv(root / "generations.csv", keep_default_na=False, na_values=[""]),
+                   pd.read_csv(root / "curves.csv"), pd.read_csv(root / "summary.csv"),
+                   meta.get("selections", {}), float(meta.get("classifier_accuracy", float("nan"))),
+                   meta.get("config", {}), list(meta.get("notes", [])), dict(meta.get("timings", {})))
+
+    @classmethod
+    def concat(cls, results: Sequence[SteeringResult]) -> SteeringResult:
+        """One result from runs over different models (e.g. models run in parallel processes). The
+        runs must share their configuration and concepts' classifier (same corpus, same labels)."""
+        import pandas as pd
+
+        results = list(results)
+        if not results:
+            raise ValueError("concat needs at least one steering result")
+        first = results[0]
+        for r in results[1:]:
+            if r.config != first.config:
+                raise ValueError("steering runs with different configurations cannot be combined")
+            a, b = first.classifier_accuracy, r.classifier_accuracy
+            if not ((math.isnan(a) and math.isnan(b)) or math.isclose(a, b, abs_tol=1e-9)):
+                raise ValueError("steering runs with different classifiers (accuracy "
+                                 f"{a:.4f} vs {b:.4f}) cannot be combined")
+        models = [m for r in results for m in dict.fromkeys(r.summary["model"])]
+        if len(models) != len(set(models)):
+            raise ValueError(f"a model appears in more than one run: {models}")
+        return cls(pd.concat([r.generations for r in results], ignore_index=True),
+                   pd.concat([r.curves for r in results], ignore_index=True),
+                   pd.concat([r.summary for r in results], ignore_index=True),
+                   {k: v for r in results for k, v in r.selections.items()}, first.classifier_accuracy,
+                   first.config, [n for r in results for n in r.notes],
+                   {k: v for r in results for k, v in r.timings.items()})
+
     def figures(self) -> dict[str, Any]:
         """plotly figures: success-vs-coherence curves (concept score vs fluency and vs KL over the
         alpha grid, all prompts) and the harmonic mean vs alpha."""
@@ -1013,7 +1115,6 @@ def run_steering(models: Any, corpus: Any, concepts: Sequence[str] | None = None
         return texts_cache[key]
 
     gen_rows: list[dict[str, Any]] = []
-    curve_rows: list[dict[str, Any]] = []
     selections: dict[str, Any] = {}
     for model_label, model in models_by_name.items():
         t_model = time.perf_counter()

@@ -7,7 +7,8 @@
 
 ``run`` writes generations.csv, curves.csv, summary.csv, table_harmonic.csv, selections.json and
 steering.html (a standalone page around the report fragment) and prints the tables.
-``generate`` prints one prompt's unsteered and steered continuations.
+``generate`` prints one prompt's unsteered and steered continuations. ``table --run DIR [DIR ...]``
+prints the README's markdown tables of saved runs (several runs over different models are combined).
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ def _run(args: argparse.Namespace) -> None:
         print(f"wrote {result.save(args.out)}")
 
 
+def _table(args: argparse.Namespace) -> None:
+    from monet_interp.analyses.steering import SteeringResult
+
+    print(SteeringResult.concat([SteeringResult.load(r) for r in args.run]).markdown(digits=args.digits))
+
+
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
@@ -163,6 +170,12 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True)
     _add_config_arguments(gen)
     gen.set_defaults(func=_generate)
+
+    table = sub.add_parser("table", help="markdown tables (README) of a saved steering run")
+    table.add_argument("--run", required=True, nargs="+",
+                       help="folder(s) written by `steer run --out` (several: runs over different models)")
+    table.add_argument("--digits", type=int, default=2)
+    table.set_defaults(func=_table)
 
     def _help(args: argparse.Namespace) -> None:
         steer.print_help()

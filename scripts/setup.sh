@@ -8,7 +8,9 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-python -m pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
-python -m pip install -q -e ".[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+# pip's own failure must stop the script (pipefail); only grep's "no lines left" is ignored.
+pip_install() { python -m pip install -q "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
+pip_install --upgrade pip
+pip_install "torch==2.13.0"
+pip_install -e ".[dev]"
 python -c "import torch, monet_interp; print('monet-interp', monet_interp.__version__, 'torch', torch.__version__)"

@@ -16,8 +16,13 @@ def _folder(package: str, mapping: dict[str, str]) -> Path:
 def test_every_package_folder_is_installed():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     mapping, listed = config["package-dir"], set(config["packages"])
+    data_only = set(config.get("package-data", {}))  # folders of data files (no __init__.py), e.g. checkpoints
     for package in listed:
-        assert (_folder(package, mapping) / "__init__.py").is_file(), package
+        folder = _folder(package, mapping)
+        if package in data_only:
+            assert folder.is_dir() and any(folder.iterdir()), package
+        else:
+            assert (folder / "__init__.py").is_file(), package
     found = set()
     for package, folder in mapping.items():
         for init in (ROOT / folder).rglob("__init__.py"):

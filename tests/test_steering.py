@@ -18,6 +18,7 @@ from monet_interp.analyses.steering import (
     ExpertBoost,
     LabelStats,
     SteeringConfig,
+    SteeringResult,
     Top1Replace,
     collect_label_stats,
     diffmean_vectors,
@@ -371,6 +372,47 @@ def test_run_steering_end_to_end(toy_tokenizer, tmp_path):
     assert "<html" not in fragment and "Example generations" in fragment
     out = res.save(tmp_path / "steer", html_page=False)
     assert (out / "summary.csv").is_file() and (out / "selections.json").is_file()
+    back = SteeringResult.load(out)
+    assert back.summary[["concept_score", "harmonic", "kl"]].equals(res.summary[["concept_score", "harmonic", "kl"]])
+    assert back.selections.keys() == res.selections.keys() and back.classifier_accuracy == res.classifier_accuracy
+    assert back.markdown() == res.markdown()
+    with pytest.raises(FileNotFoundError, match="not a saved steering run"):
+        SteeringResult.load(tmp_path)
+
+
+def test_markdown_tables_on_planted_summary():
+    import pandas as pd
+
+    rows = [("m1", "monet", "py", 0.8, 0.5, 0.1), ("m1", "diffmean", "py", 0.6, 0.9, 0.2),
+            ("m1", "monet", "c", 0.0, 0.7, 0.3), ("m1", "diffmean", "c", 0.4, 0.4, 0.4),
+            ("m2", "monet", "py", 0.2, 0.2, 0.5)]
+    summary = pd.DataFrame([{"model": m, "method": meth, "concept": c, "concept_score": cs, "fluency": fl,
+                             "harmonic": harmonic_mean(cs, fl), "kl": kl, "wrong_way": 0.5}
+                            for m, meth, c, cs, fl, kl in rows])
+    curves = pd.DataFrame([{"model": m, "method": meth, "concept": c, "alpha": a, "half": half,
+                            "concept_score": cs * a, "fluency": fl}
+                           for m, meth, c, cs, fl, _ in rows for a in (0.0, 2.0) for half in ("all", "select")])
+    md = SteeringResult(pd.DataFrame(), curves, summary, {}, 1.0, {}).markdown(digits=2)
+    lines = md.splitlines()
+    # overview: m1/monet means over its two concepts (harmonic(.8, .5) = .615, harmonic(0, .7) = 0);
+    # diffmean wins both m1 concepts (harmonic(.6, .9) = .72, .4)
+    assert "| m1 / monet | 2 | 0.40 | 0.60 | 0.31 | 0.20 | 50% | 0 |" in lines
+    assert "| m1 / diffmean | 2 | 0.50 | 0.65 | 0.56 | 0.30 | 50% | 2 |" in lines
+    assert "| m2 / monet | 1 | 0.20 | 0.20 | 0.20 | 0.50 | 50% | 1 |" in lines
+    # per concept: the best method of each model in bold; m2 has no "c" cell
+    assert "| py | 0.62 | **0.72** | **0.20** |" in lines
+    assert "| c | 0.00 | **0.40** | - |" in lines
+    assert "| c | 0.00 / 0.70 / 0.00 / 0.30 | 0.40 / 0.40 / 0.40 / 0.40 | - |" in lines
+    # curves: "all" half only, mean over concepts: m1/monet at alpha 2 = (1.6 + 0) / 2 and fluency .6
+    assert "| m1 / monet | 0.00 / 0.60 | 0.80 / 0.60 |" in lines
+    # runs over different models combine into the same tables; mismatched runs are refused
+    parts = [SteeringResult(pd.DataFrame(), curves[curves["model"] == m], summary[summary["model"] == m], {}, 1.0, {})
+             for m in ("m1", "m2")]
+    assert SteeringResult.concat(parts).markdown(digits=2) == md
+    with pytest.raises(ValueError, match="more than one run"):
+        SteeringResult.concat([parts[0], parts[0]])
+    with pytest.raises(ValueError, match="different classifiers"):
+        SteeringResult.concat([parts[0], SteeringResult(pd.DataFrame(), curves, summary, {}, 0.5, {})])
 
 
 def test_text_windows_exact_length():

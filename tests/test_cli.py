@@ -174,6 +174,10 @@ def test_steer_run_writes_tables(corpus_dir, tmp_path, capsys):
     assert code == 0 and "Harmonic mean" in out
     summary = pd.read_csv(tmp_path / "s" / "summary.csv")
     assert set(summary["method"]) == {"monet", "diffmean"} and set(summary["concept"]) == {"python", "perl"}
+    code, out, _ = run_cli(["steer", "table", "--run", tmp_path / "s", "--digits", "3"], capsys)
+    assert code == 0
+    row = summary[(summary["method"] == "diffmean") & (summary["concept"] == "perl")].iloc[0]
+    assert f"{row['concept_score']:.3f} / {row['fluency']:.3f} / {row['harmonic']:.3f} / {row['kl']:.3f}" in out
 
 
 def test_report_writes_every_section_and_reuses_statistics(corpus_dir, tmp_path, capsys):
@@ -211,6 +215,7 @@ def test_report_writes_every_section_and_reuses_statistics(corpus_dir, tmp_path,
     (["unlearn", "--forget", "klingon", "--corpus", "{corpus}", "--out", "{tmp}/u"], "klingon"),
     (["steer", "run", "--models", "monet-vd-tiny", "--corpus", "{corpus}", "--concepts", "klingon"], "klingon"),
     (["steer", "run", "--models", "monet-vd-tiny", "--corpus", "{corpus}", "--methods", "magic"], "magic"),
+    (["steer", "table", "--run", "{tmp}"], "not a saved steering run"),
     (["report", "--corpus", "{corpus}", "--out", "{tmp}/r", "--sections", "vibes"], "vibes"),
     (["frobnicate"], "frobnicate"),
 ])

@@ -832,6 +832,57 @@ def special_token_ids(model: Any) -> list[int]:
     return [int(x) for x in (getattr(cfg, "bos_token_id", None), getattr(cfg, "eos_token_id", None)) if x is not None]
 
 
+@dataclass
+class StreamSetup:
+    """What both streaming passes (routing statistics, unit statistics) prepare before their loop:
+    the window plan, the token-class cache, the token-sample rate, this rank's windows, the token
+    ids not counted, and the settings/corpus metadata both record."""
+
+    plan: WindowPlan
+    classes: _ClassCache | None
+    rate: float
+    mine: np.ndarray
+    skip: list[int]
+    rank: int
+    world: int
+    device: torch.device
+    settings: dict[str, Any]
+    corpus_meta: dict[str, Any]
+
+    def progress_bar(self, enabled: bool, desc: str):
+        return _progress_bar(int(self.plan.win_len[self.mine].sum()), enabled and self.rank == 0, desc)
+
+
+def prepare_stream(model: Any, corpus: CorpusLike, *, split: str, labels: Sequence[str] | None,
+                   max_tokens_per_label: int | None, seq_len: int, batch_size: int, top_k: int,
+                   fire_threshold: float, include_special: bool, doc_max: bool,
+                   token_classes: TokenClassifier | None, token_sample: int) -> StreamSetup:
+    """Check the arguments shared by the streaming passes and plan the windows (see
+    :func:`compute_routing_stats` for their meaning)."""
+    max_pos = getattr(model.cfg, "max_position_embeddings", None)
+    if max_pos is not None and seq_len > max_pos:
+        raise StatsError(f"seq_len={seq_len} exceeds the model's max_position_embeddings={max_pos}")
+    if batch_size < 1 or top_k < 0:
+        raise StatsError("batch_size must be >= 1 and top_k >= 0")
+    rank, world = D.rank_world()
+    plan = plan_windows(corpus, labels, split, seq_len, max_tokens_per_label)
+    classes = _ClassCache(token_classes, plan) if token_classes is not None else None
+    rate = 0.0
+    if token_sample > 0:
+        per_label = plan.doc_tokens_per_label()
+        pool = (per_label[[classes.applies[i] for i in range(len(plan.labels))]].sum()
+                if classes is not None else per_label.sum())
+        rate = min(1.0, token_sample / max(int(pool), 1))
+    settings = {"split": split, "labels": list(plan.labels), "max_tokens_per_label": max_tokens_per_label,
+                "seq_len": seq_len, "batch_size": batch_size, "top_k": top_k, "fire_threshold": fire_threshold,
+                "include_special": include_special, "doc_max": doc_max,
+                "token_classes": type(token_classes).__name__ if token_classes is not None else None,
+                "token_sample": token_sample, "token_sample_rate": rate, "world_size": world}
+    corpus_meta = {"path": str(getattr(corpus, "path", "")) or None, "fingerprint": corpus_fingerprint(corpus, plan)}
+    return StreamSetup(plan, classes, rate, plan.shard(rank, world), [] if include_special else special_token_ids(model),
+                       rank, world, next(model.parameters()).device, settings, corpus_meta)
+
+
 @torch.inference_mode()
 def compute_routing_stats(
     model: Any,
@@ -879,32 +930,20 @@ def compute_routing_stats(
     cfg = model.cfg
     if not hasattr(cfg, "num_routers"):
         raise StatsError(f"{type(model).__name__} has no routers: use monet_interp.stats.units.compute_unit_stats")
-    max_pos = getattr(cfg, "max_position_embeddings", None)
-    if max_pos is not None and seq_len > max_pos:
-        raise StatsError(f"seq_len={seq_len} exceeds the model's max_position_embeddings={max_pos}")
-    if batch_size < 1 or top_k < 0:
-        raise StatsError("batch_size must be >= 1 and top_k >= 0")
-    rank, world = D.rank_world()
-    device = next(model.parameters()).device
+    setup = prepare_stream(model, corpus, split=split, labels=labels, max_tokens_per_label=max_tokens_per_label,
+                           seq_len=seq_len, batch_size=batch_size, top_k=top_k, fire_threshold=fire_threshold,
+                           include_special=include_special, doc_max=doc_max, token_classes=token_classes,
+                           token_sample=token_sample)
+    plan, rate, world, device = setup.plan, setup.rate, setup.world, setup.device
     G, H, E = cfg.num_routers, cfg.moe_heads, cfg.moe_experts
-    plan = plan_windows(corpus, labels, split, seq_len, max_tokens_per_label)
-    classes = _ClassCache(token_classes, plan) if token_classes is not None else None
-    rate = 0.0
-    if token_sample > 0:
-        per_label = plan.doc_tokens_per_label()
-        pool = (per_label[[classes.applies[i] for i in range(len(plan.labels))]].sum()
-                if classes is not None else per_label.sum())
-        rate = min(1.0, token_sample / max(int(pool), 1))
     acc = _RoutingAccumulator(len(plan.labels), G, H, E, top_k, fire_threshold, device, plan.n_docs, doc_max,
                               len(token_classes.class_names) if token_classes is not None else 0, rate)
-    mine = plan.shard(rank, world)
-    skip = [] if include_special else special_token_ids(model)
     stop = cfg.router_layers[-1] + 1
     start = time.perf_counter()
     run_tokens = 0
-    with _progress_bar(int(plan.win_len[mine].sum()), progress and rank == 0, "routing stats") as bar:
-        for windows in plan.batches(mine, batch_size):
-            batch = make_batch(plan, windows, device, skip_ids=skip, classes=classes)
+    with setup.progress_bar(progress, "routing stats") as bar:
+        for windows in plan.batches(setup.mine, batch_size):
+            batch = make_batch(plan, windows, device, skip_ids=setup.skip, classes=setup.classes)
             _, routers = model(batch.tokens, return_type=None, stop_at_layer=stop, return_routing=True)
             acc.add_batch(batch, routers)
             run_tokens += batch.n_tokens
@@ -932,12 +971,8 @@ def compute_routing_stats(
                      "sample_score"), sample)) if sample is not None else {}),
         metadata={
             "model": model_description(model),
-            "corpus": {"path": str(getattr(corpus, "path", "")) or None, "fingerprint": corpus_fingerprint(corpus, plan)},
-            "settings": {"split": split, "labels": list(plan.labels), "max_tokens_per_label": max_tokens_per_label,
-                         "seq_len": seq_len, "batch_size": batch_size, "top_k": top_k,
-                         "fire_threshold": fire_threshold, "include_special": include_special, "doc_max": doc_max,
-                         "token_classes": type(token_classes).__name__ if token_classes is not None else None,
-                         "token_sample": token_sample, "token_sample_rate": rate, "world_size": world},
+            "corpus": setup.corpus_meta,
+            "settings": setup.settings,
             "timing": {"seconds": elapsed, "tokens_run_rank0": run_tokens, "device": str(device)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },

@@ -34,18 +34,14 @@ from monet_interp.stats.routing_stats import (
     StatsError,
     TokenClassifier,
     TopKBuffer,
-    _ClassCache,
-    _progress_bar,
     check_metadata,
     contexts_frame,
-    corpus_fingerprint,
     load_arrays,
     make_batch,
     model_description,
-    plan_windows,
+    prepare_stream,
     sample_mask,
     save_arrays,
-    special_token_ids,
 )
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
@@ -341,21 +337,13 @@ def compute_unit_stats(
     HookedDense) and collect :class:`UnitStats` of ``units``. Arguments as in
     :func:`monet_interp.stats.compute_routing_stats`; ``fire_threshold`` defaults to 0 (a relu2
     neuron fires when its activation is positive), ``doc_max`` to True ([D, N] float32)."""
-    cfg = model.cfg
-    max_pos = getattr(cfg, "max_position_embeddings", None)
-    if max_pos is not None and seq_len > max_pos:
-        raise StatsError(f"seq_len={seq_len} exceeds the model's max_position_embeddings={max_pos}")
-    rank, world = D.rank_world()
-    device = next(model.parameters()).device
-    plan = plan_windows(corpus, labels, split, seq_len, max_tokens_per_label)
-    classes = _ClassCache(token_classes, plan) if token_classes is not None else None
+    setup = prepare_stream(model, corpus, split=split, labels=labels, max_tokens_per_label=max_tokens_per_label,
+                           seq_len=seq_len, batch_size=batch_size, top_k=top_k, fire_threshold=fire_threshold,
+                           include_special=include_special, doc_max=doc_max, token_classes=token_classes,
+                           token_sample=token_sample)
+    plan, rate, world, device = setup.plan, setup.rate, setup.world, setup.device
     L, N = len(plan.labels), units.n_units
     C = len(token_classes.class_names) if token_classes is not None else 0
-    rate = 0.0
-    if token_sample > 0:
-        per_label = plan.doc_tokens_per_label()
-        pool = per_label[[classes.applies[i] for i in range(L)]].sum() if classes is not None else per_label.sum()
-        rate = min(1.0, token_sample / max(int(pool), 1))
     f64, i64 = dict(dtype=torch.float64, device=device), dict(dtype=torch.long, device=device)
     tokens = torch.zeros(L, **i64)
     act_sum = torch.zeros(L, N, **f64)
@@ -370,13 +358,11 @@ def compute_unit_stats(
     def grab(tensor: torch.Tensor, hook: Any) -> None:
         captured[hook.name] = tensor
 
-    mine = plan.shard(rank, world)
-    skip = [] if include_special else special_token_ids(model)
     start = time.perf_counter()
-    with _progress_bar(int(plan.win_len[mine].sum()), progress and rank == 0, units.name) as bar, \
+    with setup.progress_bar(progress, units.name) as bar, \
             model.hooks(fwd_hooks=[(name, grab) for name in units.hook_names]):
-        for windows in plan.batches(mine, batch_size):
-            batch = make_batch(plan, windows, device, skip_ids=skip, classes=classes)
+        for windows in plan.batches(setup.mine, batch_size):
+            batch = make_batch(plan, windows, device, skip_ids=setup.skip, classes=setup.classes)
             captured.clear()
             model(batch.tokens, return_type=None, stop_at_layer=units.stop_at_layer)
             missing = [n for n in units.hook_names if n not in captured]
@@ -437,11 +423,8 @@ def compute_unit_stats(
         metadata={
             "units": units.describe(),
             "model": model_description(model),
-            "corpus": {"path": str(getattr(corpus, "path", "")) or None, "fingerprint": corpus_fingerprint(corpus, plan)},
-            "settings": {"split": split, "labels": list(plan.labels), "max_tokens_per_label": max_tokens_per_label,
-                         "seq_len": seq_len, "batch_size": batch_size, "top_k": top_k,
-                         "fire_threshold": fire_threshold, "include_special": include_special, "doc_max": doc_max,
-                         "token_sample": token_sample, "token_sample_rate": rate, "world_size": world},
+            "corpus": setup.corpus_meta,
+            "settings": setup.settings,
             "timing": {"seconds": time.perf_counter() - start, "device": str(device)},
             **({"n_experts": units.E, "group": units.group} if isinstance(units, MonetExpertUnits) else {}),
         },

@@ -789,12 +789,13 @@ class SteeringResult:
                 for meth in row.winner.split("/"):
                     won[(row.model, meth)] = won.get((row.model, meth), 0) + 1
         fmt = f"{{:.{digits}f}}".format
-        lines = ["| model / method | concepts | concept score | fluency | harmonic | KL | wrong way | concepts won |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines = ["| model / method | concepts | concept score | dlogp | fluency | harmonic | KL | slope | wrong way "
+                 "| concepts won |", "|---|---|---|---|---|---|---|---|---|---|"]
         for (model, method), grp in s.groupby(["model", "method"], sort=False):
-            lines.append(f"| {col(model, method)} | {len(grp)} | {fmt(grp['concept_score'].mean())} | "
-                         f"{fmt(grp['fluency'].mean())} | {fmt(grp['harmonic'].mean())} | {fmt(grp['kl'].mean())} | "
-                         f"{grp['wrong_way'].mean():.0%} | {won.get((model, method), 0)} |")
+            mean = grp[["concept_score", "dlogp", "fluency", "harmonic", "kl", "slope"]].mean()
+            lines.append(f"| {col(model, method)} | {len(grp)} | "
+                         + " | ".join(fmt(mean[c]) for c in mean.index)
+                         + f" | {grp['wrong_way'].mean():.0%} | {won.get((model, method), 0)} |")
         pairs = list(dict.fromkeys(zip(s["model"], s["method"])))
         concepts = list(dict.fromkeys(s["concept"]))
         cell = {(r.model, r.method, r.concept): r for r in s.itertuples()}
@@ -827,7 +828,8 @@ class SteeringResult:
                     if (m, meth, a) in mean.index else "-" for a in alphas]
             curve.append(f"| {col(m, meth)} | " + " | ".join(vals) + " |")
         return "\n".join([
-            "Means over concepts (report half, each cell at its alpha chosen on the select half):", "",
+            "Means over concepts (report half, each cell at its alpha chosen on the select half; slope and "
+            "wrong way over all prompts):", "",
             *lines, "", "Harmonic mean per concept (each model's best method in bold):", "", *harmonic, "",
             "<details><summary>Concept score / fluency / harmonic / KL per cell</summary>", "", *detail, "",
             "</details>", "",

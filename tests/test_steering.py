@@ -387,7 +387,8 @@ def test_markdown_tables_on_planted_summary():
             ("m1", "monet", "c", 0.0, 0.7, 0.3), ("m1", "diffmean", "c", 0.4, 0.4, 0.4),
             ("m2", "monet", "py", 0.2, 0.2, 0.5)]
     summary = pd.DataFrame([{"model": m, "method": meth, "concept": c, "concept_score": cs, "fluency": fl,
-                             "harmonic": harmonic_mean(cs, fl), "kl": kl, "wrong_way": 0.5}
+                             "harmonic": harmonic_mean(cs, fl), "kl": kl, "wrong_way": 0.5,
+                             "dlogp": 2 * kl, "slope": -kl}
                             for m, meth, c, cs, fl, kl in rows])
     curves = pd.DataFrame([{"model": m, "method": meth, "concept": c, "alpha": a, "half": half,
                             "concept_score": cs * a, "fluency": fl}
@@ -396,9 +397,9 @@ def test_markdown_tables_on_planted_summary():
     lines = md.splitlines()
     # overview: m1/monet means over its two concepts (harmonic(.8, .5) = .615, harmonic(0, .7) = 0);
     # diffmean wins both m1 concepts (harmonic(.6, .9) = .72, .4)
-    assert "| m1 / monet | 2 | 0.40 | 0.60 | 0.31 | 0.20 | 50% | 0 |" in lines
-    assert "| m1 / diffmean | 2 | 0.50 | 0.65 | 0.56 | 0.30 | 50% | 2 |" in lines
-    assert "| m2 / monet | 1 | 0.20 | 0.20 | 0.20 | 0.50 | 50% | 1 |" in lines
+    assert "| m1 / monet | 2 | 0.40 | 0.40 | 0.60 | 0.31 | 0.20 | -0.20 | 50% | 0 |" in lines
+    assert "| m1 / diffmean | 2 | 0.50 | 0.60 | 0.65 | 0.56 | 0.30 | -0.30 | 50% | 2 |" in lines
+    assert "| m2 / monet | 1 | 0.20 | 1.00 | 0.20 | 0.20 | 0.50 | -0.50 | 50% | 1 |" in lines
     # per concept: the best method of each model in bold; m2 has no "c" cell
     assert "| py | 0.62 | **0.72** | **0.20** |" in lines
     assert "| c | 0.00 | **0.40** | - |" in lines

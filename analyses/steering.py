@@ -814,7 +814,7 @@ class SteeringResult:
                     d_row.append("-")
                     continue
                 h = fmt(r.harmonic)
-                h_row.append(f"**{h}**" if r.harmonic == best[m] and best[m] > 0 else h)
+                h_row.append(f"**{h}**" if h == fmt(best[m]) and best[m] > 0 else h)  # ties as printed
                 d_row.append(f"{fmt(r.concept_score)} / {fmt(r.fluency)} / {fmt(r.harmonic)} / {fmt(r.kl)}")
             harmonic.append("| " + " | ".join(h_row) + " |")
             detail.append("| " + " | ".join(d_row) + " |")
@@ -830,7 +830,7 @@ class SteeringResult:
         return "\n".join([
             "Means over concepts (report half, each cell at its alpha chosen on the select half; slope and "
             "wrong way over all prompts):", "",
-            *lines, "", "Harmonic mean per concept (each model's best method in bold):", "", *harmonic, "",
+            *lines, "", "Harmonic mean per concept (each model's best method in bold, ties as printed):", "", *harmonic, "",
             "<details><summary>Concept score / fluency / harmonic / KL per cell</summary>", "", *detail, "",
             "</details>", "",
             "Success vs fluency over the alpha grid (concept score / fluency, all prompts, mean over concepts):", "",

@@ -200,6 +200,21 @@ def test_report_writes_every_section_and_reuses_statistics(corpus_dir, tmp_path,
     assert code == 0 and "routing statistics: reusing" in out
 
 
+def readme_python_blocks() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = text.split("```python\n")[1:]
+    return [b.split("```", 1)[0] for b in blocks]
+
+
+@pytest.mark.parametrize("index", range(len(readme_python_blocks())))
+def test_readme_python_examples_run(index, corpus_dir, monkeypatch, capsys):
+    """Every ```python block of the README runs as written (its corpus: the small test corpus)."""
+    code = readme_python_blocks()[index].replace('"data/corpus"', repr(str(corpus_dir)))
+    monkeypatch.chdir(corpus_dir.parent)
+    exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["demo", "--model", "/no/such/checkpoint"], "/no/such/checkpoint"),
     (["corpus", "build", "--labels", "klingon"], "unknown corpus label"),

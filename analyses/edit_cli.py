@@ -84,23 +84,24 @@ def corpus_effects(model: Any, edits: Any, corpus_dir: str, labels: list[str] | 
     """Held-out metrics per label before and after the edits (pandas, one row per label)."""
     import pandas as pd
 
+    from monet_interp.analyses import expert_report as R
     from monet_interp.analyses import unlearning as U
     from monet_interp.analyses.cli import CliError
     from monet_interp.data.corpus import Corpus
 
     corpus = Corpus.load(corpus_dir)
-    if split not in corpus.splits:
-        raise CliError(f"unknown split {split!r}; the corpus has {', '.join(corpus.splits)}")
+    try:
+        R.resolve_split(corpus, split)
+        R.check_labels(corpus, labels)
+    except R.ReportError as err:
+        raise CliError(str(err)) from None
     labels = labels or list(corpus.labels)
-    unknown = [label for label in labels if label not in corpus.labels]
-    if unknown:
-        raise CliError(f"labels {unknown} are not in the corpus ({', '.join(corpus.labels)})")
     if seq_len > model.cfg.max_position_embeddings - 1:
         raise CliError(f"--seq-len {seq_len} exceeds the model's context ({model.cfg.max_position_embeddings} - 1)")
     sets = [U.EvalSet(label, U.token_windows(corpus, label, split, tokens_per_label, seq_len),
                       U.common_tokens(corpus, label, 0), U.bytes_per_predicted_token(corpus, label, split))
             for label in labels]
-    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else None
+    bos = getattr(model.cfg, "bos_token_id", None)
     before = U.evaluate_sets(model, sets, batch_size=batch_size, bos_token_id=bos)
     with model.edit_experts(edits):
         after = U.evaluate_sets(model, sets, batch_size=batch_size, bos_token_id=bos)

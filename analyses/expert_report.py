@@ -256,6 +256,14 @@ def resolve_split(corpus: Any, split: str | None) -> str:
     return split
 
 
+def check_labels(corpus: Any, labels: Sequence[str] | None) -> None:
+    """ReportError naming every label of ``labels`` that the corpus does not have."""
+    available = list(corpus.labels)
+    unknown = [lab for lab in (labels or []) if lab not in available]
+    if unknown:
+        raise ReportError(f"labels {unknown} are not in the corpus; labels: {', '.join(available)}")
+
+
 def plan_report_windows(model: Any, corpus: Any, *, split: str | None = None, labels: Sequence[str] | None = None,
                         ctx_len: int = DEFAULT_CTX_LEN, max_tokens_per_label: int | None = None
                         ) -> tuple[list[Document], list[Window], str]:
@@ -266,10 +274,7 @@ def plan_report_windows(model: Any, corpus: Any, *, split: str | None = None, la
 
     corpus = open_corpus(model, corpus)
     split = resolve_split(corpus, split)
-    available = list(corpus.labels)
-    unknown = [lab for lab in (labels or []) if lab not in available]
-    if unknown:
-        raise ReportError(f"labels {unknown} are not in the corpus; labels: {', '.join(available)}")
+    check_labels(corpus, labels)
     if ctx_len > model.cfg.max_position_embeddings:
         raise ReportError(f"ctx_len={ctx_len} exceeds the model's max_position_embeddings="
                           f"{model.cfg.max_position_embeddings}")

@@ -25,6 +25,8 @@ from typing import Any
 
 import pandas as pd
 
+from monet_interp.analyses.cli import positive_int
+
 SECTIONS = ("stats", "monosemanticity", "experts", "unlearning", "steering")
 
 
@@ -291,7 +293,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top1", default=defaults.top1, help="top-1 MONET ('' to skip)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="small settings for a smoke run")
-    parser.add_argument("--threads", type=int, default=defaults.threads,
+    parser.add_argument("--threads", type=positive_int, default=defaults.threads,
                         help=f"torch CPU threads (default {defaults.threads}: fastest for small models)")
     parser.add_argument("--no-progress", action="store_true")
 

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from monet_interp.analyses.cli import positive_int
-
 from monet_interp.analyses import expert_report as R
+from monet_interp.analyses.cli import positive_int
 
 
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
@@ -63,11 +62,9 @@ def run_stats_command(args: argparse.Namespace) -> int:
     try:
         corpus = R.open_corpus(model, args.corpus)
         split = R.resolve_split(corpus, args.split)
+        R.check_labels(corpus, args.labels)
     except R.ReportError as err:
         raise CliError(str(err)) from None
-    unknown = [label for label in args.labels or () if label not in corpus.labels]
-    if unknown:
-        raise CliError(f"labels {unknown} are not in the corpus ({', '.join(corpus.labels)})")
     stats = compute_routing_stats(model, corpus, split=split, labels=args.labels,
                                   max_tokens_per_label=args.tokens_per_label, seq_len=seq_len,
                                   batch_size=args.batch_size, top_k=args.top_k, fire_threshold=args.fire_threshold,

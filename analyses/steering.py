@@ -792,9 +792,9 @@ class SteeringResult:
         lines = ["| model / method | concepts | concept score | dlogp | fluency | harmonic | KL | slope | wrong way "
                  "| concepts won |", "|---|---|---|---|---|---|---|---|---|---|"]
         for (model, method), grp in s.groupby(["model", "method"], sort=False):
-            mean = grp[["concept_score", "dlogp", "fluency", "harmonic", "kl", "slope"]].mean()
+            avg = grp[["concept_score", "dlogp", "fluency", "harmonic", "kl", "slope"]].mean()
             lines.append(f"| {col(model, method)} | {len(grp)} | "
-                         + " | ".join(fmt(mean[c]) for c in mean.index)
+                         + " | ".join(fmt(avg[c]) for c in avg.index)
                          + f" | {grp['wrong_way'].mean():.0%} | {won.get((model, method), 0)} |")
         pairs = list(dict.fromkeys(zip(s["model"], s["method"])))
         concepts = list(dict.fromkeys(s["concept"]))

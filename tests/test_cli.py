@@ -207,12 +207,11 @@ def readme_python_blocks() -> list[str]:
 
 
 @pytest.mark.parametrize("index", range(len(readme_python_blocks())))
-def test_readme_python_examples_run(index, corpus_dir, monkeypatch, capsys):
+def test_readme_python_examples_run(index, corpus_dir, monkeypatch):
     """Every ```python block of the README runs as written (its corpus: the small test corpus)."""
     code = readme_python_blocks()[index].replace('"data/corpus"', repr(str(corpus_dir)))
     monkeypatch.chdir(corpus_dir.parent)
     exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
-    capsys.readouterr()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -227,6 +226,14 @@ def test_readme_python_examples_run(index, corpus_dir, monkeypatch, capsys):
     (["edit", "--edits", "{tmp}/bad.json", "--prompt", "x y"], "not valid JSON"),
     (["edit", "--edits", "{tmp}/range.json", "--prompt", "x y"], "out of range"),
     (["edit", "--edits", "{tmp}/range.json"], "nothing to measure"),
+    (["edit", "--edits", "{tmp}/empty.json", "--prompt", "x y"], "holds no edits"),
+    (["edit", "--edits", "{tmp}/ok.json", "--prompt", ""], "single token"),
+    (["edit", "--edits", "{tmp}/ok.json", "--corpus", "{corpus}", "--labels", "klingon"], "klingon"),
+    (["edit", "--edits", "{tmp}/ok.json", "--corpus", "{corpus}", "--split", "dev"], "unknown split 'dev'"),
+    (["edit", "--edits", "{tmp}/ok.json", "--corpus", "{corpus}", "--seq-len", "100000"], "exceeds"),
+    (["stats", "--corpus", "{corpus}", "--out", "{tmp}/s", "--top-k", "-1"], "--top-k"),
+    (["stats", "--corpus", "{corpus}", "--out", "{tmp}/s", "--seq-len", "100000"], "exceeds"),
+    (["report", "--corpus", "{corpus}", "--out", "{tmp}/r", "--threads", "0"], "must be >= 1"),
     (["unlearn", "--forget", "klingon", "--corpus", "{corpus}", "--out", "{tmp}/u"], "klingon"),
     (["steer", "run", "--models", "monet-vd-tiny", "--corpus", "{corpus}", "--concepts", "klingon"], "klingon"),
     (["steer", "run", "--models", "monet-vd-tiny", "--corpus", "{corpus}", "--methods", "magic"], "magic"),
@@ -237,6 +244,8 @@ def test_readme_python_examples_run(index, corpus_dir, monkeypatch, capsys):
 def test_bad_input_gives_a_clear_message_and_exit_2(argv, message, corpus_dir, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("[{\"i\": 1,")
     EditSet([ExpertEdit(999, 0, "prune", group=0)]).to_json(tmp_path / "range.json")
+    EditSet([ExpertEdit(1, 2, "prune", group=0)]).to_json(tmp_path / "ok.json")
+    (tmp_path / "empty.json").write_text("[]")
     argv = [a.format(tmp=tmp_path, corpus=corpus_dir) for a in argv]
     code, out, err = run_cli(argv, capsys)
     assert code == 2, (out, err)

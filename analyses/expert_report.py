@@ -62,7 +62,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from monet_interp.progress import progress_bar
 
 DEFAULT_CTX_LEN = 128
 DEFAULT_TOP_K = 20
@@ -330,7 +331,7 @@ def _g_names(cfg: Any, group: int) -> tuple[str, str]:
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False)
+    return progress_bar(iterable, total=total, desc=desc, disable=not enabled, leave=False)
 
 
 # ============================================================================ labels

@@ -8,7 +8,8 @@ Steps (each writes its own folder under ``--out``; ``index.html`` links them):
 2. monosemanticity: experts vs the dense baseline's MLP neurons (tables, figures),
 3. expert activation pages for the top experts of every label,
 4. unlearning (delete label experts; MONET vs dense neurons and random units),
-5. steering (experts vs SAE features vs DiffMean, and top-1 replacement on the top-1 model).
+5. steering (experts vs SteerMoE-style router forcing vs SAE features vs DiffMean, and top-1
+   replacement on the top-1 model).
 Every table is also written as CSV.
 """
 
@@ -194,7 +195,7 @@ def _steering(model: Any, top1: Any, dense: Any, corpus: Any, cfg: ReportConfig,
     from monet_interp.analyses.steering import run_steering
 
     models = {cfg.model: model}
-    methods = ["monet", "diffmean", "sae"]
+    methods = ["monet", "steermoe", "diffmean", "sae"]
     if top1 is not None:
         models[cfg.top1] = top1
         methods.append("top1")

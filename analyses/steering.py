@@ -19,6 +19,13 @@ context manager that stays active during ``model.generate`` (KV cache, every ste
               the error term is kept: x' = x + alpha a_k d_k = Dec(f') + (x - Dec(f)).
 ``diffmean``  add alpha * (mean activation on concept text - mean on other text) at the MLP output
               (or residual stream) of chosen layers.
+``steermoe``  SteerMoE-style (Fayyaz et al. 2025) router steering: before routing, force the raw
+              router logits of chosen experts up (activate: logit := head max + alpha) or down
+              (deactivate: logit := head min - alpha) at ``hook_router_logits_row/_col`` of each
+              group's router layer, so the router itself selects (or drops) them and g follows
+              from its softmax; experts are chosen per head as for ``top1``. In a product-key
+              MONET expert (i, j) of head h is row i and column j, so deactivating it drops every
+              expert of row i and column j of that head (the factors cannot single out one pair).
 
 alpha = 0 is "no intervention" for every method (also for "set", which would otherwise prune).
 
@@ -51,6 +58,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from monet_interp.analyses.steering_metrics import (
@@ -65,7 +73,7 @@ from monet_interp.analyses.steering_metrics import (
     steerability,
 )
 
-METHODS = ("monet", "top1", "sae", "diffmean")
+METHODS = ("monet", "top1", "sae", "diffmean", "steermoe")
 DEFAULT_CONCEPTS = ("python", "c", "rust", "shakespeare", "bible_kjv", "news_sport")
 
 
@@ -230,6 +238,88 @@ class Top1Replace(Intervention):
                 "targets": [{"group": g, "head": h, "i": i, "j": j,
                              **({"score": float(self.scores[g][h])} if self.scores else {})}
                             for g, heads in self.targets.items() for h, (i, j) in heads.items()]}
+
+
+def force_router_logits(logits: Float[Tensor, "batch pos head expert"], targets: Mapping[int, Sequence[int]],
+                        mode: str = "activate", margin: float = 1.0) -> Float[Tensor, "batch pos head expert"]:
+    """Raw router logits with the listed experts of each head forced (a new tensor).
+
+    targets {head: [expert index, ...]} (row indices i on the g1 logits, column indices j on g2's).
+    activate: each listed logit := (that head's largest logit at that token) + margin, so the
+    router keeps it whatever its rule (threshold, top-k, top-1) and its softmax share grows with
+    margin; deactivate: := (the head's smallest logit) - margin, so it is dropped (a head always
+    keeps its largest logit, so deactivating every expert of a head is refused)."""
+    if mode not in ("activate", "deactivate"):
+        raise ValueError(f"mode must be 'activate' or 'deactivate', got {mode!r}")
+    out = logits.clone()
+    n_exp = logits.shape[-1]
+    for head, index in targets.items():
+        idx = sorted({int(e) for e in index})
+        if not idx:
+            continue
+        if mode == "deactivate" and len(idx) >= n_exp:
+            raise ValueError(f"cannot deactivate all {n_exp} experts of head {head}: routing keeps at least one")
+        row = logits[..., head, :]
+        bound = row.amax(-1, keepdim=True) + margin if mode == "activate" else row.amin(-1, keepdim=True) - margin
+        out[..., head, idx] = bound.expand(*row.shape[:-1], len(idx))
+    return out
+
+
+class RouterLogitSteer(Intervention):
+    """SteerMoE baseline: (de)activate experts by forcing router logits before routing.
+
+    targets: {group: {head: (i, j)}} (as :func:`select_top1_targets` returns) or
+    {group: {head: [(i, j), ...]}}: row i is forced on the group's g1 logits and column j on its g2
+    logits, at the router layer of the group (so every layer of the group routes that way).
+    mode "activate" / "deactivate"; alpha is the logit margin above the head's maximum (below its
+    minimum). alpha = 0 attaches nothing (the no-intervention convention of this module).
+    """
+
+    method = "steermoe"
+
+    def __init__(self, targets: Mapping[int, Mapping[int, Any]], mode: str = "activate",
+                 scores: Mapping[int, Mapping[int, float]] | None = None) -> None:
+        if mode not in ("activate", "deactivate"):
+            raise ValueError(f"mode must be 'activate' or 'deactivate', got {mode!r}")
+        self.targets: dict[int, dict[int, list[tuple[int, int]]]] = {}
+        for g, heads in targets.items():
+            per_head = {}
+            for h, experts in heads.items():
+                single = len(experts) == 2 and all(isinstance(e, (int, np.integer)) for e in experts)
+                pairs = [tuple(experts)] if single else list(experts)
+                per_head[int(h)] = [(int(i), int(j)) for i, j in pairs]
+            self.targets[int(g)] = per_head
+        self.mode, self.scores = mode, scores
+
+    def hooks(self, cfg: Any, alpha: float) -> list[tuple[str, Callable]]:
+        out: list[tuple[str, Callable]] = []
+        for group, heads in self.targets.items():
+            if not 0 <= group < cfg.num_routers:
+                raise ValueError(f"routing group {group} does not exist (this model has {cfg.num_routers})")
+            layer = cfg.router_layers[group]
+            rows = {h: [i for i, _ in pairs] for h, pairs in heads.items()}
+            cols = {h: [j for _, j in pairs] for h, pairs in heads.items()}
+
+            def row_hook(logits, hook, rows=rows):
+                return force_router_logits(logits, rows, self.mode, float(alpha))
+
+            def col_hook(logits, hook, cols=cols):
+                return force_router_logits(logits, cols, self.mode, float(alpha))
+
+            out.append((f"blocks.{layer}.moe.hook_router_logits_row", row_hook))
+            out.append((f"blocks.{layer}.moe.hook_router_logits_col", col_hook))
+        return out
+
+    def context(self, model: Any, alpha: float) -> contextlib.AbstractContextManager:
+        if alpha == 0 or not any(self.targets.values()):
+            return contextlib.nullcontext()
+        return _with_hooks(model, self.hooks(model.cfg, alpha))
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method, "mode": self.mode,
+                "targets": [{"group": g, "head": h, "i": i, "j": j,
+                             **({"score": float(self.scores[g][h])} if self.scores else {})}
+                            for g, heads in self.targets.items() for h, pairs in heads.items() for i, j in pairs]}
 
 
 class AddVector(Intervention):
@@ -632,6 +722,10 @@ class SteeringConfig:
     top1_gate: str = "keep"
     top1_groups: Sequence[int] | None = None
     top1_any_routing: bool = False  # also run "top1" on non-top-1 MONET models
+    # SteerMoE-style router-logit steering
+    steermoe_heads: int | None = None  # heads per group that get a forced expert (default: every head)
+    steermoe_mode: str = "activate"
+    steermoe_groups: Sequence[int] | None = None
     # DiffMean
     diffmean_site: str = "mlp_out"
     diffmean_layers: Sequence[int] | None = None  # default: every layer
@@ -662,6 +756,8 @@ class SteeringConfig:
             raise ValueError(f"sae_scale must be 'diffmean' or 'activation', got {self.sae_scale!r}")
         if self.top1_gate not in ("keep", "set"):
             raise ValueError(f"top1_gate must be 'keep' or 'set', got {self.top1_gate!r}")
+        if self.steermoe_mode not in ("activate", "deactivate"):
+            raise ValueError(f"steermoe_mode must be 'activate' or 'deactivate', got {self.steermoe_mode!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -1074,7 +1170,7 @@ def run_steering(models: Any, corpus: Any, concepts: Sequence[str] | None = None
     models: a model, a name/path ("monet-vd-tiny", a folder), or a list / {name: model} of them
     (HookedMONET or HookedDense; a dense model gets only "sae" and "diffmean"). corpus: a Corpus or
     its folder. concepts: corpus labels (default: DEFAULT_CONCEPTS present in the corpus).
-    methods: any of "monet", "top1", "sae", "diffmean". saes: {model name: {layer: sae}} to use
+    methods: any of "monet", "top1", "sae", "diffmean", "steermoe". saes: {model name: {layer: sae}} to use
     instead of training (an SAE needs ``W_dec`` [F, d] and ``encode`` or W_enc/b_enc/b_dec);
     sae_trainer(model, corpus, layers=[...], labels=..., **cfg.sae_train_kwargs) -> {layer: sae}
     (default: ``baselines.train_saes``, TopK SAEs by SAELens, on the evaluation labels' train
@@ -1209,6 +1305,13 @@ def run_steering(models: Any, corpus: Any, concepts: Sequence[str] | None = None
                     targets, scores = select_top1_targets(stats, concept, cfg.top1_heads,
                                                           cfg.top1_groups, others, rank=cfg.rank)
                     interventions[method] = Top1Replace(targets, cfg.top1_gate, scores=scores)
+                elif method == "steermoe":
+                    if not monet:
+                        continue
+                    n_heads = cfg.steermoe_heads if cfg.steermoe_heads is not None else model.cfg.moe_heads
+                    targets, scores = select_top1_targets(stats, concept, n_heads, cfg.steermoe_groups, others,
+                                                          rank=cfg.rank)
+                    interventions[method] = RouterLogitSteer(targets, cfg.steermoe_mode, scores=scores)
                 elif method == "diffmean":
                     layers = list(cfg.diffmean_layers) if cfg.diffmean_layers is not None else list(range(n_layers))
                     vecs = diffmean_vectors(stats, concept, layers, cfg.diffmean_site, others)
@@ -1318,7 +1421,8 @@ def summarise(gens: Any, alphas: Sequence[float]) -> tuple[Any, Any]:
 
 
 __all__ = [
-    "AddVector", "DEFAULT_CONCEPTS", "ExpertBoost", "Intervention", "LabelStats", "METHODS", "SteeringConfig",
+    "AddVector", "DEFAULT_CONCEPTS", "ExpertBoost", "Intervention", "RouterLogitSteer", "force_router_logits",
+    "LabelStats", "METHODS", "SteeringConfig",
     "SteeringResult", "Top1Replace", "collect_label_stats", "diffmean_vectors", "find_sae_trainer", "is_monet",
     "is_top1", "replace_top1", "run_steering", "sae_decoder", "sae_encode", "select_monet_experts",
     "select_monet_experts_by_attribution", "select_sae_features", "select_top1_targets", "summarise",

@@ -17,8 +17,8 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
-_TUPLE_FIELDS = ("monet_groups", "monet_layers", "monet_heads", "top1_groups", "diffmean_layers", "sae_layers",
-                 "prompt_labels")
+_TUPLE_FIELDS = ("monet_groups", "monet_layers", "monet_heads", "top1_groups", "steermoe_groups", "diffmean_layers",
+                 "sae_layers", "prompt_labels")
 
 
 def _add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +51,10 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top1-gate", choices=("keep", "set"), default=d.top1_gate)
     p.add_argument("--top1-groups", type=int, nargs="+", default=None)
     p.add_argument("--top1-any-routing", action="store_true", help="also replace experts in non-top-1 models")
+    p.add_argument("--steermoe-heads", type=int, default=None,
+                   help="SteerMoE: heads per routing group whose router logits are forced (default: all)")
+    p.add_argument("--steermoe-mode", choices=("activate", "deactivate"), default=d.steermoe_mode)
+    p.add_argument("--steermoe-groups", type=int, nargs="+", default=None)
     p.add_argument("--diffmean-site", choices=("mlp_out", "resid_post"), default=d.diffmean_site)
     p.add_argument("--diffmean-layers", type=int, nargs="+", default=None)
     p.add_argument("--sae-layers", type=int, nargs="+", default=None)
@@ -131,9 +135,13 @@ def _generate(args: argparse.Namespace) -> None:
     elif args.method == "diffmean":
         layers = list(cfg.diffmean_layers or range(model.cfg.num_hidden_layers))
         iv = S.AddVector(S.diffmean_vectors(stats, args.concept, layers, cfg.diffmean_site, others), method="diffmean")
+    elif args.method == "steermoe":
+        n_heads = cfg.steermoe_heads if cfg.steermoe_heads is not None else model.cfg.moe_heads
+        targets, scores = S.select_top1_targets(stats, args.concept, n_heads, cfg.steermoe_groups, others)
+        iv = S.RouterLogitSteer(targets, cfg.steermoe_mode, scores=scores)
     else:
-        raise ValueError("steer generate supports --method monet, top1 or diffmean (SAE steering needs a trained "
-                         "SAE: use the Python API)")
+        raise ValueError("steer generate supports --method monet, top1, diffmean or steermoe (SAE steering needs a "
+                         "trained SAE: use the Python API)")
     print(f"intervention: {iv.describe()}")
     prompt = args.prompt
     kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
@@ -165,7 +173,7 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     gen.add_argument("--concept", required=True)
     gen.add_argument("--against", nargs="+", default=None, help="labels to contrast with (default: up to 4 of "
                      "the same kind)")
-    gen.add_argument("--method", choices=("monet", "top1", "diffmean"), default="monet")
+    gen.add_argument("--method", choices=("monet", "top1", "diffmean", "steermoe"), default="monet")
     gen.add_argument("--alpha", type=float, nargs="+", default=[2.0])
     gen.add_argument("--prompt", required=True)
     _add_config_arguments(gen)

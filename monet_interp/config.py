@@ -85,6 +85,9 @@ class MonetConfig(TransformerLensAliases):
     moe_decompose: str = "vertical"
     # Not in released configs (written only when it differs from the default):
     moe_routing: str = "threshold"
+    # Per-expert selection biases in the router (loss-free load balancing while training; see
+    # monet_interp.components.router). Not in released configs; written only when True.
+    moe_selection_bias: bool = False
     model_type: str = "monet"
     # Unknown keys of a config.json are kept here so that a round trip loses nothing.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -145,6 +148,8 @@ class MonetConfig(TransformerLensAliases):
             fail("hidden_act", 'MONET uses "relu2" (squared ReLU); no other activation is supported')
         if self.moe_decompose not in DECOMPOSITIONS:
             fail("moe_decompose", f"unknown decomposition; expected one of {DECOMPOSITIONS}")
+        if not isinstance(self.moe_selection_bias, bool):
+            fail("moe_selection_bias", "must be true or false")
         if self.moe_routing not in ROUTINGS:
             fail("moe_routing", f"unknown routing; expected one of {ROUTINGS}")
         if self.hidden_size % self.num_attention_heads:
@@ -178,6 +183,8 @@ class MonetConfig(TransformerLensAliases):
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "device")}
         if out["moe_routing"] == "threshold":
             del out["moe_routing"]
+        if not out["moe_selection_bias"]:
+            del out["moe_selection_bias"]
         out["architectures"] = ["MonetForCausalLM"]
         out.update(self.extra)
         return out

@@ -14,11 +14,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from tqdm.auto import tqdm
-from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens import HookedRootModule
 
 from monet_interp import loading
+from monet_interp.activation_cache import HookedActivationCache
 from monet_interp.components import KeyValueCache
+from monet_interp.progress import progress_bar
 from monet_interp.tokenizer import MonetTokenizer
 
 TextOrTokens = str | list[str] | torch.Tensor
@@ -32,6 +33,21 @@ class HookedCausalLM(HookedRootModule):
     default_checkpoint = ""
 
     # ------------------------------------------------------------------ basics
+    def setup(self) -> None:
+        """TransformerLens' setup, plus short aliases ``blocks.{l}.hook_X`` for the MoE hooks
+        ``blocks.{l}.moe.hook_X`` (the names ``transformer_lens.utils.get_act_name("g_row", l)``
+        builds, e.g. in ``transformer_lens.patching``). Aliases are accepted by ``add_hook``,
+        ``hooks``, ``run_with_hooks`` and the cache's ``[]``; hook_dict and caches keep real names."""
+        super().setup()
+        self.hook_aliases: dict[str, str] = {}
+        for name in list(self.hook_dict):
+            parts = name.split(".")
+            if len(parts) == 4 and parts[0] == "blocks" and parts[2] == "moe":
+                alias = f"blocks.{parts[1]}.{parts[3]}"
+                if alias not in self.mod_dict:
+                    self.hook_aliases[alias] = name
+                    self.mod_dict[alias] = self.hook_dict[name]
+
     @property
     def W_E(self) -> torch.Tensor:
         return self.embed.W_E
@@ -43,6 +59,33 @@ class HookedCausalLM(HookedRootModule):
     @property
     def b_U(self) -> torch.Tensor:
         return self.unembed.b_U
+
+    @property
+    def W_O(self) -> Float[torch.Tensor, "layer head d_head d_model"]:
+        """Attention output matrices, TransformerLens layout (z[head, d_head] @ W_O[l, head] = result)."""
+        return torch.stack([b.attn.o_proj.weight.T.reshape(b.attn.n_heads, b.attn.d_head, -1) for b in self.blocks])
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = False
+                         ) -> Float[torch.Tensor, " d_model"]:
+        """Sum of the attention output biases written before ``layer`` (and its own with
+        ``mlp_input``): zero unless ``attention_bias``. The MLP/MoE layers have no fixed bias."""
+        out = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.dtype)
+        for block in self.blocks[: layer + (1 if mlp_input else 0)]:
+            if block.attn.o_proj.bias is not None:
+                out = out + block.attn.o_proj.bias
+        return out
+
+    def tokens_to_residual_directions(self, tokens: str | int | torch.Tensor) -> torch.Tensor:
+        """Unembedding direction(s) W_U[:, token] ([d_model], or [*tokens.shape, d_model]); the
+        final norm's weight is not folded in (HookedActivationCache.apply_ln_to_stack applies it)."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        if isinstance(tokens, int):
+            return self.W_U[:, tokens]
+        tokens = torch.as_tensor(tokens, device=self.device)
+        if tokens.numel() == 1:
+            return self.W_U[:, tokens.item()]
+        return self.W_U.T[tokens]
 
     @property
     def device(self) -> torch.device:
@@ -82,10 +125,11 @@ class HookedCausalLM(HookedRootModule):
                              "model.tokenizer = MonetTokenizer.from_file(path)")
         return self.tokenizer
 
-    def to_tokens(self, text: str | list[str], prepend_bos: bool = True, truncate: bool = True,
+    def to_tokens(self, text: str | list[str], prepend_bos: bool | None = True, truncate: bool = True,
                   move_to_device: bool = True, padding_side: Literal["left", "right"] = "right") -> Int[torch.Tensor, "batch pos"]:
-        """Token ids [batch, pos], padded with the pad id on ``padding_side``."""
-        tokens, _ = self._tokenize(text, prepend_bos, truncate, padding_side)
+        """Token ids [batch, pos], padded with the pad id on ``padding_side``. ``prepend_bos=None``
+        means the default (True), as in TransformerLens."""
+        tokens, _ = self._tokenize(text, True if prepend_bos is None else prepend_bos, truncate, padding_side)
         return tokens.to(self.device) if move_to_device else tokens
 
     def _tokenize(self, text: str | list[str], prepend_bos: bool, truncate: bool,
@@ -110,14 +154,17 @@ class HookedCausalLM(HookedRootModule):
         mask = torch.tensor([place([True] * len(r), False) for r in rows], dtype=torch.bool)
         return tokens, mask
 
-    def to_string(self, tokens: torch.Tensor | list[int]) -> str | list[str]:
+    def to_string(self, tokens: torch.Tensor | list[int] | int) -> str | list[str]:
+        """Text of token ids: one string for [pos] (or a single id), a list for [batch, pos]."""
         tok = self._require_tokenizer()
         if isinstance(tokens, torch.Tensor) and tokens.dim() == 2:
             return [tok.decode(row.tolist()) for row in tokens]
+        if isinstance(tokens, int) or (isinstance(tokens, torch.Tensor) and tokens.dim() == 0):
+            return tok.decode([int(tokens)])
         ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
         return tok.decode(ids)
 
-    def to_str_tokens(self, text: str | torch.Tensor | list[int], prepend_bos: bool = True) -> list[str]:
+    def to_str_tokens(self, text: str | torch.Tensor | list[int], prepend_bos: bool | None = True) -> list[str]:
         tok = self._require_tokenizer()
         if isinstance(text, str):
             ids = self.to_tokens(text, prepend_bos=prepend_bos)[0].tolist()
@@ -224,8 +271,9 @@ class HookedCausalLM(HookedRootModule):
         """Next-token cross-entropy (nats). Padding (mask 0) positions are excluded from the mean."""
         if tokens.shape[1] < 2:
             raise ValueError("a loss needs at least two positions")
-        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        shifted = logits[:, :-1]
+        nll = F.cross_entropy(shifted.float().flatten(0, 1), tokens[:, 1:].flatten(),
+                              reduction="none").view(shifted.shape[:2])
         if per_token:
             return nll
         if attention_mask is None:
@@ -272,7 +320,7 @@ class HookedCausalLM(HookedRootModule):
         forward argument (stop_at_layer, return_type, ...)."""
         out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
         if return_cache_object:
-            return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+            return out, HookedActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
 
     # ------------------------------------------------------------------ generation
@@ -314,7 +362,7 @@ class HookedCausalLM(HookedRootModule):
         eos = self.cfg.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer is not None and self.tokenizer.pad_token_id is not None else (eos or 0)
         step_input, step_mask = tokens, attention_mask
-        for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
+        for _ in progress_bar(range(max_new_tokens), disable=not verbose, desc="generate"):
             if cache is not None:
                 logits = self(step_input, attention_mask=step_mask, past_kv_cache=cache)
             else:

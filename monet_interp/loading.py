@@ -168,6 +168,16 @@ def embedded_names() -> list[str]:
     return sorted(p.name for p in EMBEDDED_ROOT.iterdir() if (p / CONFIG_NAME).is_file())
 
 
+def hub_error_message(repo_id: str, err: BaseException) -> str:
+    """One line: why ``repo_id`` could not be fetched, and how to get its files without network here."""
+    reason = " ".join(str(err).split()) or type(err).__name__
+    reason = reason if len(reason) <= 300 else reason[:297] + "..."
+    return (f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}: {reason}); to use it "
+            f"offline, download it where there is network with `huggingface-cli download {repo_id} --local-dir "
+            f"FOLDER` (or `hf download`), copy FOLDER here and load HookedMONET.from_pretrained('FOLDER'); "
+            f"embedded checkpoints: {', '.join(embedded_names()) or 'none'}")
+
+
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
     """A local folder for an embedded name, a path, or a hub id (downloaded when online)."""
     path = Path(name_or_path)
@@ -184,7 +194,6 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
             return Path(snapshot_download(str(name_or_path), allow_patterns=[
                 "*.json", "*.safetensors", "tokenizer.model", "pytorch_model.bin"]))
         except Exception as err:
-            raise CheckpointError(f"could not fetch {name_or_path!r} from the Hugging Face hub ({err}). "
-                                  f"Embedded checkpoints: {', '.join(embedded_names()) or 'none'}") from err
+            raise CheckpointError(hub_error_message(str(name_or_path), err)) from err
     raise CheckpointError(f"no checkpoint named {str(name_or_path)!r}: not a folder, not an embedded checkpoint "
                           f"({', '.join(embedded_names()) or 'none'}), not a hub id")

@@ -48,6 +48,14 @@ class HookedMONET(HookedCausalLM):
             if block.moe.router is not None:
                 block.moe.router.use_batch_stats = enabled
 
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = False
+                         ) -> torch.Tensor:
+        """Summed attention output biases before ``layer`` ([d_model]). MoE biases are not fixed."""
+        if include_mlp_biases:
+            raise NotImplementedError("MONET's MoE bias is not a fixed vector: it is sum_ij g_ij(x) b_ij, set per "
+                                      "token by routing (it is part of each hook_mlp_out)")
+        return super().accumulated_bias(layer, mlp_input)
+
     def routing_group_of_layer(self, layer: int) -> int:
         return self.cfg.group_of_layer(layer)
 

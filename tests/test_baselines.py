@@ -178,6 +178,7 @@ def test_baselines_end_to_end_with_saelens():
     assert bank.layers == [0, 1] and bank.d_sae(0) == 32
     sae = bank.saes[0]
     assert type(sae).__module__.startswith("sae_lens")
+    assert bank.info["trainer"].startswith("sae_lens.LanguageModelSAETrainingRunner")  # SAELens' own runner
     mu, fvu, l0 = sae_quality(sae, acts[0])
     assert 0 <= fvu < 1.5 and l0 == pytest.approx(4.0) and (mu >= 0).all()
     # the error-term intervention with a real SAELens SAE is exact at zero edit too
@@ -205,6 +206,11 @@ def test_baselines_end_to_end_with_saelens():
     # "same": the features the error-kept method removed, spliced instead (no curve of its own)
     assert torch.equal(result.selections[("SAE spliced same", "lab1")], result.selections[("SAE ratio", "lab1")])
     assert not (result.curves["method"] == "SAE spliced same").any()
+    iterator = train_saes(model, corpus, layers=[1], tokens_per_label=96, seq_len=16, expansion=2, k=4, steps=12,
+                          batch_size=64, trainer="iterator")
+    assert iterator.info["trainer"].startswith("sae_lens.SAETrainer") and iterator.d_sae(1) == 32
+    with pytest.raises(ValueError, match="trainer"):
+        train_saes(model, corpus, trainer="handwritten")
     with pytest.raises(UnlearningError, match="differ"):
         run_unlearning(None, corpus, methods=[Method("n", NeuronUnits(model, layers=[1]), "2x"),
                                               Method("s", units, "same", match="n")], seq_len=16)

@@ -194,7 +194,7 @@ def test_report_writes_every_section_and_reuses_statistics(corpus_dir, tmp_path,
         assert (out_dir / table).is_file(), table
     assert any(p.suffix == ".csv" for p in (out_dir / "unlearning").iterdir())
     steering = pd.read_csv(out_dir / "steering" / "summary.csv")
-    assert {"monet", "diffmean", "top1", "sae"} <= set(steering["method"])
+    assert {"monet", "steermoe", "diffmean", "top1", "sae"} <= set(steering["method"])
     # second run, statistics only: the cached routing statistics are reused
     code, out, _ = run_cli([*argv, "--sections", "stats"], capsys)
     assert code == 0 and "routing statistics: reusing" in out

@@ -17,11 +17,13 @@ from monet_interp.analyses.steering import (
     AddVector,
     ExpertBoost,
     LabelStats,
+    RouterLogitSteer,
     SteeringConfig,
     SteeringResult,
     Top1Replace,
     collect_label_stats,
     diffmean_vectors,
+    force_router_logits,
     is_top1,
     replace_top1,
     run_steering,
@@ -173,6 +175,63 @@ def test_top1_replacement_changes_only_the_chosen_head(decompose, gate, alpha):
     torch.testing.assert_close(steered["mlp_out"], expected, rtol=1e-6, atol=1e-6)
 
 
+# ---------------------------------------------------------------------------- SteerMoE (router logits)
+def test_force_router_logits_pure_function():
+    logits = torch.randn(2, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    up = force_router_logits(logits, {1: [2, 5]}, "activate", margin=0.5)
+    want = logits[..., 1, :].amax(-1) + 0.5
+    assert torch.equal(up[..., 1, 2], want) and torch.equal(up[..., 1, 5], want)
+    keep = [e for e in range(6) if e not in (2, 5)]
+    assert torch.equal(up[..., 1, keep], logits[..., 1, keep])
+    assert torch.equal(up[..., [0, 2, 3], :], logits[..., [0, 2, 3], :])
+    down = force_router_logits(logits, {3: [0]}, "deactivate", margin=2.0)
+    assert torch.equal(down[..., 3, 0], logits[..., 3, :].amin(-1) - 2.0)
+    with pytest.raises(ValueError, match="cannot deactivate all"):
+        force_router_logits(logits, {0: list(range(6))}, "deactivate")
+    with pytest.raises(ValueError, match="mode"):
+        force_router_logits(logits, {0: [1]}, "boost")
+    # targets: one (i, j) per head, as select_top1_targets gives, or lists of pairs (e.g. from JSON)
+    assert RouterLogitSteer({1: {0: (1, 2)}}).targets == {1: {0: [(1, 2)]}}
+    assert RouterLogitSteer({1: {0: [1, 2]}}).targets == {1: {0: [(1, 2)]}}
+    assert RouterLogitSteer({1: {0: [[1, 2], (3, 4)]}}).targets == {1: {0: [(1, 2), (3, 4)]}}
+
+
+@pytest.mark.parametrize("routing", ["threshold", "topk", "top1"])
+def test_router_logit_steering_routes_through_the_router(routing):
+    """Forcing logits before routing equals running the router's own rule on the forced logits
+    (activate: the expert is always kept and gets the largest factor; deactivate: its factor is 0),
+    on both layers of the group, and leaves the other group and heads alone."""
+    model = tiny_model("vertical", routing=routing, seed=5)
+    group, head, (ti, tj) = 1, 1, (3, 6)
+    router_layer = model.cfg.router_layers[group]
+    router = model.blocks[router_layer].moe.router
+    caps = {layer: _Capture(model, layer) for layer in (0, router_layer, router_layer + 1)}
+    base = {layer: cap.run(TOKENS) for layer, cap in caps.items()}
+    for mode, alpha in [("activate", 1.5), ("deactivate", 1.0)]:
+        iv = RouterLogitSteer({group: {head: (ti, tj)}}, mode)
+        steered = {layer: cap.run(TOKENS, iv.context(model, alpha)) for layer, cap in caps.items()}
+        assert torch.equal(steered[0]["g_row"], base[0]["g_row"])  # group 0 untouched
+        moe_in = steered[router_layer]["moe_in"]
+        rows, cols = router.logits(moe_in)
+        rows = force_router_logits(rows, {head: [ti]}, mode, alpha)
+        cols = force_router_logits(cols, {head: [tj]}, mode, alpha)
+        want = router.route_from_logits(rows, cols)
+        for layer in (router_layer, router_layer + 1):  # the whole group routes the forced way
+            torch.testing.assert_close(steered[layer]["g_row"], want.g_row.to(torch.float64))
+            torch.testing.assert_close(steered[layer]["g_col"], want.g_col.to(torch.float64))
+        g_row, g_col = steered[router_layer]["g_row"], steered[router_layer]["g_col"]
+        if mode == "activate":
+            assert (g_row[..., head, ti] > 0).all() and (g_col[..., head, tj] > 0).all()
+            assert torch.equal(g_row[..., head, :].argmax(-1), torch.full(g_row.shape[:2], ti))
+        else:
+            assert (g_row[..., head, ti] == 0).all() and (g_col[..., head, tj] == 0).all()
+        # the logits of the other heads are not touched (their kept sets match the unsteered ones)
+        assert torch.equal(g_row[..., 0, :] > 0, base[router_layer]["g_row"][..., 0, :] > 0)
+    assert RouterLogitSteer({group: {head: (ti, tj)}}).context(model, 0.0).__class__ is contextlib.nullcontext
+    with pytest.raises(ValueError, match="routing group 5"):
+        RouterLogitSteer({5: {0: (1, 1)}}).hooks(model.cfg, 1.0)
+
+
 # ---------------------------------------------------------------------------- vectors (DiffMean, SAE)
 class _ToySAE:
     """Minimal SAE interface: W_enc [d, F], b_enc [F], W_dec [F, d], b_dec [d] (no encode method)."""
@@ -245,7 +304,7 @@ def test_hooks_and_edits_apply_at_every_generation_step_with_kv_cache():
     experts, _ = select_monet_experts(stats, "a", k=2)
     assert experts and all(t for t in targets.values())
     ivs = [AddVector(diffmean_vectors(stats, "a", [0, 3]), method="diffmean"), Top1Replace(targets),
-           ExpertBoost(experts, "add")]
+           ExpertBoost(experts, "add"), RouterLogitSteer(targets)]
     plain = model.generate(prompts, max_new_tokens=4, do_sample=False, stop_at_eos=False, return_type="tokens")
     for iv in ivs:
         with iv.context(model, 3.0):
@@ -353,19 +412,21 @@ def test_run_steering_end_to_end(toy_tokenizer, tmp_path):
     sae = _ToySAE(16, 10)
     sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec = (t.float() for t in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
     res = run_steering({"top1": model}, _FakeCorpus(), concepts=["alpha"],
-                       methods=["monet", "top1", "sae", "diffmean"], saes={"top1": {2: sae}},
+                       methods=["monet", "top1", "sae", "diffmean", "steermoe"], saes={"top1": {2: sae}},
                        config=SteeringConfig(alphas=(0, 2), n_prompts=2, prompt_tokens=6, max_new_tokens=3,
                                              prompt_labels=("beta", "gamma"),
                                              stat_windows=2, stat_tokens=12, kl_windows=2, kl_tokens=10,
                                              classifier_chunks=4, classifier_chars=60, classifier_eval_chunks=2,
                                              char_tokens=4, sae_layers=(2,), train_saes=False),
                        verbose=False)
-    assert set(res.summary["method"]) == {"monet", "top1", "sae", "diffmean"}
+    assert set(res.summary["method"]) == {"monet", "top1", "sae", "diffmean", "steermoe"}
     assert set(res.curves["half"]) == {"select", "report", "all"}
     base = res.generations[res.generations["alpha"] == 0]
     assert (base["kl"] == 0).all() and (base["fluency"] == 1).all() and (base["dlogp"] == 0).all()
     assert res.summary["harmonic"].between(0, 1).all()
-    assert res.table("harmonic").shape == (4, 1)
+    assert res.table("harmonic").shape == (5, 1)
+    forced = res.selections["top1"]["alpha"]["steermoe"]
+    assert forced["method"] == "steermoe" and len(forced["targets"]) == 2 * model.cfg.moe_heads  # every head
     assert list(res.generations["source"].unique()) == ["beta", "gamma"]
     fragment = res.html_section()
     assert fragment.startswith('<section id="steering">') and fragment.endswith("</section>")
@@ -433,3 +494,11 @@ def test_cli_registers_and_validates():
     assert args.func is not None and args.alphas == [0.0, 1.0, 2.0] and args.concepts == ["python", "c"]
     cfg = steering_cli.config_from_args(args)
     assert cfg.n_prompts == 4 and cfg.alphas == (0.0, 1.0, 2.0)
+    args = parser.parse_args(["steer", "generate", "--model", "monet-vd-tiny", "--corpus", "data/corpus",
+                              "--concept", "c", "--method", "steermoe", "--prompt", "x", "--steermoe-mode",
+                              "deactivate", "--steermoe-groups", "1", "--steermoe-heads", "2"])
+    cfg = steering_cli.config_from_args(args)
+    assert cfg.steermoe_mode == "deactivate" and cfg.steermoe_groups == (1,) and cfg.steermoe_heads == 2
+    assert "steermoe" in parser.parse_args(["steer", "run", "--models", "m", "--corpus", "c"]).methods
+    with pytest.raises(ValueError, match="steermoe_mode"):
+        SteeringConfig(steermoe_mode="boost")

@@ -25,7 +25,8 @@ class MonetBlock(nn.Module):
         self.ln2 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         router = None
         if layer % cfg.moe_groups == 0:
-            router = MonetRouter(cfg.hidden_size, cfg.moe_heads, cfg.moe_experts, cfg.moe_topk, cfg.moe_routing)
+            router = MonetRouter(cfg.hidden_size, cfg.moe_heads, cfg.moe_experts, cfg.moe_topk, cfg.moe_routing,
+                                 cfg.moe_selection_bias)
         self.moe = MonetMoE(cfg.hidden_size, cfg.moe_experts, cfg.moe_dim, cfg.moe_heads, cfg.moe_decompose, router)
         self.hook_resid_pre = hook_point()  # [batch, pos, d_model]
         self.hook_attn_out = hook_point()  # [batch, pos, d_model]

@@ -14,6 +14,12 @@ Other rules (``MonetConfig.moe_routing``):
 
 Batch statistics are used only when ``use_batch_stats`` is set explicitly (training);
 ``module.train()`` alone never changes routing or the running statistics.
+
+Selection bias (``MonetConfig.moe_selection_bias``, not in released checkpoints): buffers
+``selection_bias1/2`` [head, expert] added to the score that *selects* experts (the normalised
+logit for "threshold", the raw logit for "topk"/"top1") but never to the values of g, which stay
+the softmax of the raw logits. The trainer nudges them toward uniform expert load after each
+step (loss-free balancing); at inference they are fixed, so routing stays a pure function of x.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ def threshold_sigma(topk: int, n_experts: int) -> float:
 
 
 class MonetRouter(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, n_experts: int, topk: int, routing: str = "threshold"):
+    def __init__(self, d_model: int, n_heads: int, n_experts: int, topk: int, routing: str = "threshold",
+                 selection_bias: bool = False):
         super().__init__()
         self.n_heads, self.n_experts, self.topk, self.routing = n_heads, n_experts, topk, routing
         self.w1 = nn.Linear(d_model, n_heads * n_experts, bias=False)
@@ -52,6 +59,14 @@ class MonetRouter(nn.Module):
         self.norm2 = nn.BatchNorm1d(n_heads, affine=False)
         self.use_batch_stats = False
         self.sigma = threshold_sigma(topk, n_experts) if routing == "threshold" and topk < n_experts else None
+        # Training only: the threshold sigma is multiplied by this (1 = the released rule; < 1 keeps more
+        # experts, used by the trainer's routing warmup). Never saved.
+        self.threshold_scale = 1.0
+        if selection_bias:
+            self.register_buffer("selection_bias1", torch.zeros(n_heads, n_experts))
+            self.register_buffer("selection_bias2", torch.zeros(n_heads, n_experts))
+        else:
+            self.selection_bias1 = self.selection_bias2 = None
 
     def logits(self, x: Float[torch.Tensor, "batch pos d_model"]) -> tuple[
         Float[torch.Tensor, "batch pos head expert"], Float[torch.Tensor, "batch pos head expert"]
@@ -74,19 +89,23 @@ class MonetRouter(nn.Module):
             norm.running_var.copy_(var)
         return out.view(*logits.shape[:-2], self.n_experts, self.n_heads).transpose(-1, -2)
 
-    def gate(self, logits: Float[torch.Tensor, "batch pos head expert"], norm: nn.BatchNorm1d) -> tuple[
+    def gate(self, logits: Float[torch.Tensor, "batch pos head expert"], norm: nn.BatchNorm1d,
+             bias: Float[torch.Tensor, "head expert"] | None = None) -> tuple[
         Float[torch.Tensor, "batch pos head expert"], Float[torch.Tensor, "batch pos head expert"] | None
     ]:
-        """Routing factors (and, for top1, the full softmax) from raw logits."""
+        """Routing factors (and, for top1, the full softmax) from raw logits; ``bias`` shifts selection only."""
         if self.routing == "threshold":
             normed = self._normalise(logits, norm)
-            bar = normed.amax(-1, keepdim=True).clamp_max(self.sigma)
+            if bias is not None:
+                normed = normed + bias.to(normed.dtype)
+            bar = normed.amax(-1, keepdim=True).clamp_max(self.sigma * self.threshold_scale)
             return torch.softmax(logits.masked_fill(normed < bar, float("-inf")), dim=-1), None
+        score = logits if bias is None else logits + bias.to(logits.dtype)
         if self.routing == "topk":
-            kth = logits.topk(self.topk, dim=-1).values[..., -1:]
-            return torch.softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1), None
+            kth = score.topk(self.topk, dim=-1).values[..., -1:]
+            return torch.softmax(logits.masked_fill(score < kth, float("-inf")), dim=-1), None
         probs = torch.softmax(logits, dim=-1)
-        choice = logits.argmax(-1, keepdim=True)
+        choice = score.argmax(-1, keepdim=True)
         gates = torch.zeros_like(probs).scatter(-1, choice, probs.gather(-1, choice))
         return gates, probs
 
@@ -95,6 +114,6 @@ class MonetRouter(nn.Module):
         return self.route_from_logits(logits_row, logits_col)
 
     def route_from_logits(self, logits_row: torch.Tensor, logits_col: torch.Tensor) -> RoutingFactors:
-        g_row, probs_row = self.gate(logits_row, self.norm1)
-        g_col, probs_col = self.gate(logits_col, self.norm2)
+        g_row, probs_row = self.gate(logits_row, self.norm1, self.selection_bias1)
+        g_col, probs_col = self.gate(logits_col, self.norm2, self.selection_bias2)
         return RoutingFactors(g_row, g_col, logits_row, logits_col, probs_row, probs_col)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from jaxtyping import Int, Integer
 from tokenizers import Tokenizer
-from tqdm.auto import tqdm
+from monet_interp.progress import progress_bar
 
 from monet_interp.data import sources as S
 from monet_interp.data import tokenizer_training as T
@@ -46,7 +46,7 @@ SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 BUILD_MARKER = ".monet-corpus"
-DEFAULT_MAX_BYTES_PER_LABEL = 1_500_000
+DEFAULT_MAX_BYTES_PER_LABEL = 4_000_000
 DEFAULT_VAL_FRACTION = 0.05
 DEFAULT_TEST_FRACTION = 0.05
 DEFAULT_OUT_DIR = "data/corpus"
@@ -316,7 +316,7 @@ def build_corpus(
     all_results: list[S.SourceResult] = []
     used_paths: dict[str, set[str]] = {}
     try:
-        bar = tqdm(label_names, desc="collect", unit="label", disable=not progress)
+        bar = progress_bar(label_names, desc="collect", unit="label", disable=not progress)
         for name in bar:
             bar.set_postfix_str(name)
             spec = S.LABELS[name]
@@ -396,7 +396,7 @@ def build_corpus(
 
     labels_out: dict[str, Any] = {}
     totals = {s: {"docs": 0, "bytes": 0, "tokens": 0} for s in SPLITS}
-    bar2 = tqdm(total=sum(len(d) for d in per_label.values()), desc="tokenize", unit="doc", disable=not progress)
+    bar2 = progress_bar(total=sum(len(d) for d in per_label.values()), desc="tokenize", unit="doc", disable=not progress)
     for name, docs in per_label.items():
         splits_info: dict[str, Any] = {}
         for split in SPLITS:
@@ -576,13 +576,18 @@ class Corpus:
         generator: torch.Generator | np.random.Generator,
         labels: Sequence[str] | None = None,
         return_labels: bool = False,
+        label_power: float = 0.0,
     ) -> Int[torch.Tensor, "batch window"] | tuple[Int[torch.Tensor, "batch window"], Int[torch.Tensor, "batch"]]:
-        """``batch_size`` windows of ``seq_len + 1`` tokens; each row's label is drawn uniformly
-        from ``labels`` (default: every label with enough tokens in ``split``), then a uniform
-        start inside that label's token stream. Deterministic given the generator's state.
-        With ``return_labels`` also returns each row's index into ``labels``."""
+        """``batch_size`` windows of ``seq_len + 1`` tokens; each row's label is drawn from
+        ``labels`` (default: every label with enough tokens in ``split``), uniformly when
+        ``label_power`` is 0, else with probability proportional to (tokens in ``split``) **
+        ``label_power`` (1: the natural mix; 0.5: small labels repeat less than uniform would make
+        them), then a uniform start inside that label's token stream. Deterministic given the
+        generator's state. With ``return_labels`` also returns each row's index into ``labels``."""
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
+        if not 0.0 <= label_power <= 1.0:
+            raise ValueError(f"label_power must be in [0, 1], got {label_power}")
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r}; splits: {', '.join(self.splits)}")
         window = seq_len + 1
@@ -598,11 +603,20 @@ class Corpus:
                                      f"{split!r}, fewer than seq_len + 1 = {window}")
         if not labs:
             raise ValueError("labels is empty")
+        weights = None
+        if label_power > 0:
+            sizes = np.array([self.stats(lab, split)["tokens"] for lab in labs], dtype=np.float64)
+            weights = sizes ** label_power / (sizes ** label_power).sum()
         if isinstance(generator, torch.Generator):
-            which = torch.randint(0, len(labs), (batch_size,), generator=generator).tolist()
+            if weights is None:
+                which = torch.randint(0, len(labs), (batch_size,), generator=generator).tolist()
+            else:
+                which = torch.multinomial(torch.from_numpy(weights), batch_size, replacement=True,
+                                          generator=generator).tolist()
             u = torch.rand(batch_size, generator=generator, dtype=torch.float64).tolist()
         else:
-            which = generator.integers(0, len(labs), size=batch_size).tolist()
+            which = (generator.integers(0, len(labs), size=batch_size) if weights is None
+                     else generator.choice(len(labs), size=batch_size, p=weights)).tolist()
             u = generator.random(batch_size).tolist()
         out = np.empty((batch_size, window), dtype=np.int64)
         for i in range(batch_size):

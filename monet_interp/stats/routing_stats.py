@@ -54,7 +54,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from monet_interp.progress import progress_bar
 
 
 class _LazyDistributed:
@@ -823,8 +824,8 @@ def _gather_sample(samples, entries, world: int) -> tuple[np.ndarray, ...] | Non
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):
-    return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not enabled, dynamic_ncols=True,
-                smoothing=0.1)
+    return progress_bar(total=total, unit="tok", unit_scale=True, desc=desc, disable=not enabled, dynamic_ncols=True,
+                        smoothing=0.1)
 
 
 def special_token_ids(model: Any) -> list[int]:

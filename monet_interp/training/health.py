@@ -9,6 +9,8 @@ mode with their running statistics, as at inference):
 - ``dead_pair_share``: share of experts (i, j) never routed, i.e. no token and no head with
   g1[h,i] > 0 and g2[h,j] > 0 together. Computed without the E^2 expansion per token: the pair
   counts of head h are the [E, E] matrix (g1_h > 0)^T (g2_h > 0) accumulated over tokens.
+- ``max_vio``: maximal load violation, max_e (load_e - mean load) / mean load over heads and both
+  factors (load = share of tokens keeping the expert); 0 for perfectly even load.
 - ``mean_kept_row`` / ``mean_kept_col``: mean number of experts kept per head and token.
 - ``l_unif`` / ``l_amb``: the auxiliary losses over all evaluated tokens (gbar over all of them).
 
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-from monet_interp.training.losses import routing_probs
+from monet_interp.training.losses import max_load_violation, routing_probs
 
 
 @torch.no_grad()
@@ -75,6 +77,7 @@ def expert_health(model: Any, batches: Iterable[torch.Tensor]) -> dict[str, Any]
             "dead_col_share_per_head": float((acc["count_col"] == 0).double().mean()),
             "dead_pair_share": float((acc["pairs"].sum(0) == 0).double().mean()),
             "dead_pair_share_per_head": float((acc["pairs"] == 0).double().mean()),
+            "max_vio": max(max_load_violation(acc["count_row"]), max_load_violation(acc["count_col"])),
             "mean_kept_row": float(acc["kept_row"] / n_tokens),
             "mean_kept_col": float(acc["kept_col"] / n_tokens),
             "l_unif": float(unif),
@@ -116,6 +119,12 @@ def model_health(model: Any, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
     if hasattr(model.cfg, "moe_experts"):
         return expert_health(model, batches)
     return neuron_health(model, batches)
+
+
+def health_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The compact per-group figures of a MONET health report (one history.jsonl record)."""
+    keys = ("dead_pair_share", "dead_row_share", "dead_col_share", "max_vio")
+    return {key: [round(g[key], 5) for g in report["groups"]] for key in keys}
 
 
 def format_health(report: dict[str, Any]) -> str:

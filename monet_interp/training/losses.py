@@ -104,3 +104,36 @@ def routing_aux_losses(
             row, col = softmax_probs(routing)
         unif.append(uniformity_loss(row, col, mask, eps))
     return torch.stack(unif).mean(), torch.stack(amb).mean()
+
+
+def router_z_loss(routers: list[RoutingFactors]) -> Float[torch.Tensor, ""]:
+    """Router z-loss (ST-MoE): mean over tokens and heads of logsumexp(logits)^2, both factors,
+    averaged over routing groups. Keeps the raw logits small so no expert's softmax saturates."""
+    if not routers:
+        raise ValueError("router_z_loss needs the RoutingFactors of at least one router layer")
+    losses = []
+    for routing in routers:
+        if routing.logits_row is None or routing.logits_col is None:
+            raise ValueError("router_z_loss needs the raw logits (RoutingFactors of a router layer)")
+        row = torch.logsumexp(routing.logits_row.float(), -1).square().mean()
+        col = torch.logsumexp(routing.logits_col.float(), -1).square().mean()
+        losses.append(0.5 * (row + col))
+    return torch.stack(losses).mean()
+
+
+def expert_load(g: Float[torch.Tensor, "*tokens head expert"]) -> Float[torch.Tensor, "head expert"]:
+    """load[h, e]: share of tokens whose head h keeps expert e (g > 0)."""
+    return (g.detach() > 0).reshape(-1, *g.shape[-2:]).float().mean(0)
+
+
+def max_load_violation(load: Float[torch.Tensor, "head expert"]) -> float:
+    """MaxVio = max_e (load_e - mean load) / mean load, worst head (0 for perfectly even load)."""
+    mean = load.mean(-1, keepdim=True).clamp_min(1e-12)
+    return float(((load - mean) / mean).amax())
+
+
+def balance_bias_step(bias: Float[torch.Tensor, "head expert"], load: Float[torch.Tensor, "head expert"],
+                      rate: float) -> None:
+    """Loss-free balancing: bias += rate * sign(mean load - load), in place (under no_grad)."""
+    with torch.no_grad():
+        bias.add_(rate * torch.sign(load.mean(-1, keepdim=True) - load.to(bias.device)))

@@ -16,8 +16,19 @@ router's own design), and the aux losses see the full softmax.
 for experts a token does not keep, so an expert no token keeps gets no gradient) or "softmax"
 (the full softmax of the raw logits for every routing rule). ``aux_weight`` is lambda.
 
+Routing health beyond the paper (all off by default, so the defaults are the paper's recipe):
+``balance_rate`` u > 0 gives the routers per-expert selection biases (saved with the model) that
+shift which experts are kept, never g, nudged after every step by u * sign(mean load - load)
+(loss-free balancing); ``z_loss_weight`` adds the router z-loss; ``routing_warmup_steps`` anneals
+the threshold sigma from 0 over that many steps. Every step's record has ``max_vio`` (maximal
+load violation) and ``dead_in_batch`` (share of halves no token of the batch keeps) per routing
+group; every evaluation adds a ``health`` record (dead pairs/rows/columns on validation text).
+``label_power`` p draws training labels with probability ~ (train tokens)^p (0: uniform).
+
 Optimisation: AdamW (no weight decay on norms, biases and expert biases), linear warmup then
-cosine decay to ``min_lr_ratio * lr``, gradient-norm clipping, bf16 autocast on CUDA only.
+cosine decay to ``min_lr_ratio * lr``, gradient-norm clipping; ``precision``: bf16 autocast on
+CUDA by default, on CPU with ``precision="bfloat16"`` (matmuls in bf16; weights, optimizer,
+routing, norms and loss in float32).
 
 Determinism and resume: the training batch of step s is a pure function of (seed, s) (a fresh
 ``torch.Generator`` seeded from both), so a resumed run sees exactly the batches an uninterrupted
@@ -50,15 +61,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from monet_interp.progress import progress_bar
 
 from monet_interp import loading
 from monet_interp.config import MonetConfig
 from monet_interp.model import HookedMONET
 from monet_interp.tokenizer import MonetTokenizer
 from monet_interp.training.dense import HookedDense, matched_dense_config
-from monet_interp.training.health import format_health, model_health
-from monet_interp.training.losses import AUX_WEIGHT, routing_aux_losses
+from monet_interp.training.health import format_health, health_summary, model_health
+from monet_interp.training.losses import (AUX_WEIGHT, balance_bias_step, expert_load, max_load_violation,
+                                          router_z_loss, routing_aux_losses)
 from monet_interp.training.metrics import evaluate_sampled, evaluate_windows, mean_bpb, token_byte_lengths
 
 MODEL_KINDS = ("vd", "hd", "top1", "dense")
@@ -91,6 +103,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     aux_weight: float = AUX_WEIGHT
     unif_probs: str = "routed"  # "routed": g (paper); "softmax": full softmax of the logits (see losses)
+    # routing-health options beyond the paper's recipe (all off by default = the paper's recipe)
+    z_loss_weight: float = 0.0  # router z-loss weight
+    balance_rate: float = 0.0  # u of loss-free balancing (per-expert selection bias); 0 = off
+    routing_warmup_steps: int = 0  # threshold routing: sigma annealed from 0 to its value over these steps
+    label_power: float = 0.0  # training labels drawn with probability ~ train_tokens ** label_power (0 = uniform)
     seed: int = 0
     # model shape (MONET); the dense baseline copies d_model/n_layers/n_heads and matches parameters
     d_model: int = 192
@@ -117,6 +134,9 @@ class TrainConfig:
     labels: list[str] | None = None  # None: every label of the corpus
     tokenizer: str | None = None  # None: the corpus tokenizer
     device: str = "cpu"
+    # "auto": bf16 autocast on CUDA, float32 on CPU; "bfloat16": bf16 autocast (matmuls) on any device,
+    # float32 master weights, router/softmax/norm/loss math in float32; "float32": no autocast.
+    precision: str = "auto"
     threads: int | None = None
     resume: bool = False
     stop_after: int | None = None
@@ -125,6 +145,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODEL_KINDS:
             raise ValueError(f"TrainConfig.model={self.model!r}: expected one of {MODEL_KINDS}")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.precision={self.precision!r}: expected auto, float32 or bfloat16")
         if self.unif_probs not in ("routed", "softmax"):
             raise ValueError(f"TrainConfig.unif_probs={self.unif_probs!r}: expected routed or softmax")
         if self.routing is not None and self.routing not in ("threshold", "topk", "top1"):
@@ -135,8 +157,16 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be >= 1")
         if self.warmup_steps < 0 or not (0.0 <= self.min_lr_ratio <= 1.0) or self.lr <= 0:
             raise ValueError("TrainConfig: need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+        if self.z_loss_weight < 0 or self.balance_rate < 0 or self.routing_warmup_steps < 0 or self.aux_weight < 0:
+            raise ValueError("TrainConfig: aux_weight, z_loss_weight, balance_rate and routing_warmup_steps must be >= 0")
+        if not 0.0 <= self.label_power <= 1.0:
+            raise ValueError(f"TrainConfig.label_power={self.label_power!r}: must be in [0, 1]")
         if self.stop_after is not None and not (1 <= self.stop_after <= self.steps):
             raise ValueError(f"TrainConfig.stop_after={self.stop_after}: must be in [1, steps={self.steps}]")
+
+    @property
+    def autocast_bf16(self) -> bool:
+        return self.precision == "bfloat16" or (self.precision == "auto" and self.device.startswith("cuda"))
 
     @property
     def routing_rule(self) -> str | None:
@@ -171,7 +201,7 @@ def build_model(config: TrainConfig, vocab_size: int, tokenizer: MonetTokenizer 
         initializer_range=config.init_std, moe_dim=config.moe_dim, moe_heads=config.moe_heads,
         moe_experts=config.moe_experts, moe_topk=config.moe_topk, moe_groups=config.moe_groups,
         moe_decompose="horizontal" if config.model == "hd" else "vertical",
-        moe_routing=config.routing_rule or "threshold")
+        moe_routing=config.routing_rule or "threshold", moe_selection_bias=config.balance_rate > 0)
     if config.model == "dense":
         dense = matched_dense_config(monet)
         if config.d_mlp is not None:
@@ -191,8 +221,62 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
 
 
 def train_batch(corpus: Any, config: TrainConfig, step: int) -> torch.Tensor:
+    extra = {"label_power": config.label_power} if config.label_power else {}
     return corpus.sample_batch("train", config.batch_size, config.seq_len, batch_generator(config.seed, step),
-                               labels=config.labels)
+                               labels=config.labels, **extra)
+
+
+def _routers(model: Any) -> list[Any]:
+    return [block.moe.router for block in getattr(model, "blocks", []) if getattr(block, "moe", None) is not None
+            and block.moe.router is not None]
+
+
+def train_step(model: Any, batch: torch.Tensor, config: TrainConfig, optimizer: torch.optim.Optimizer,
+               scheduler: Any, params: list[torch.Tensor], step: int) -> dict[str, Any]:
+    """One optimisation step (forward with routing, L_LM + aux + z-loss, backward, clipping, AdamW,
+    scheduler, selection-bias update); returns the step's history record (without timing)."""
+    routers_modules = _routers(model)
+    warm = config.routing_warmup_steps
+    scale = min(1.0, step / warm) if warm and config.routing_rule == "threshold" else 1.0
+    for router in routers_modules:
+        router.threshold_scale = scale
+    try:
+        device_type = "cuda" if config.device.startswith("cuda") else "cpu"
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.autocast_bf16):
+            lm_loss, routers = model(batch, return_type="loss", return_routing=True)
+    finally:
+        for router in routers_modules:
+            router.threshold_scale = 1.0
+    loss = lm_loss
+    record: dict[str, Any] = {}
+    if routers:
+        unif, amb = routing_aux_losses(routers, unif_probs=config.unif_probs)
+        loss = loss + config.aux_weight * (unif + amb)
+        record.update(l_unif=float(unif.detach()), l_amb=float(amb.detach()))
+        if config.z_loss_weight > 0:
+            z_loss = router_z_loss(routers)
+            loss = loss + config.z_loss_weight * z_loss
+            record["z_loss"] = float(z_loss.detach())
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if routers:
+        vio, dead = [], []
+        for router, routing in zip(routers_modules, routers):
+            load_row, load_col = expert_load(routing.g_row), expert_load(routing.g_col)
+            vio.append(round(max(max_load_violation(load_row), max_load_violation(load_col)), 4))
+            dead.append(round(0.5 * float((load_row.sum(0) == 0).float().mean() + (load_col.sum(0) == 0).float().mean()),
+                              4))
+            if config.balance_rate > 0:
+                balance_bias_step(router.selection_bias1, load_row, config.balance_rate)
+                balance_bias_step(router.selection_bias2, load_col, config.balance_rate)
+        record.update(max_vio=vio, dead_in_batch=dead)
+    tokens = batch.shape[0] * (batch.shape[1] - 1)
+    return {"step": step + 1, "loss": float(loss.detach()), "lm_loss": float(lm_loss.detach()), "lr": lr,
+            "grad_norm": float(grad_norm), "tokens": (step + 1) * tokens, **record}
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -419,8 +503,7 @@ def train(config: TrainConfig, corpus: Any = None) -> TrainResult:
     end = config.stop_after if config.stop_after is not None else config.steps
     tokens_per_step = config.batch_size * config.seq_len
     params = [p for p in model.parameters() if p.requires_grad]
-    use_autocast = config.device.startswith("cuda")
-    bar = tqdm(range(start, end), initial=start, total=config.steps, desc=f"train {config.model}",
+    bar = progress_bar(range(start, end), initial=start, total=config.steps, desc=f"train {config.model}",
                disable=not config.progress, mininterval=2.0, dynamic_ncols=True)
     speed = None
 
@@ -434,26 +517,11 @@ def train(config: TrainConfig, corpus: Any = None) -> TrainResult:
     for step in bar:
         t0 = time.perf_counter()
         batch = train_batch(corpus, config, step).to(config.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-            lm_loss, routers = model(batch, return_type="loss", return_routing=True)
-        loss = lm_loss
-        unif = amb = None
-        if routers:
-            unif, amb = routing_aux_losses(routers, unif_probs=config.unif_probs)
-            loss = lm_loss + config.aux_weight * (unif + amb)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        record = train_step(model, batch, config, optimizer, scheduler, params, step)
         elapsed = time.perf_counter() - t0
         wall += elapsed
         speed = tokens_per_step / elapsed if speed is None else 0.9 * speed + 0.1 * tokens_per_step / elapsed
-        record = {"step": step + 1, "loss": float(loss.detach()), "lm_loss": float(lm_loss.detach()), "lr": lr,
-                  "grad_norm": float(grad_norm), "tokens": (step + 1) * tokens_per_step, "wall_time_s": wall}
-        if unif is not None:
-            record.update(l_unif=float(unif.detach()), l_amb=float(amb.detach()))
+        record["wall_time_s"] = wall
         history.append(record)
         bar.set_postfix(loss=f"{record['lm_loss']:.3f}", tok_s=f"{speed:.0f}", refresh=False)
         done = step + 1
@@ -461,10 +529,16 @@ def train(config: TrainConfig, corpus: Any = None) -> TrainResult:
             val = validate(model, corpus, config, byte_lengths)
             history.append({"step": done, "eval": "val", "bpb": {k: v["bpb"] for k, v in val.items()},
                             "mean_bpb": mean_bpb(val)})
-            per_label = ", ".join(f"{k} {v['bpb']:.3f}" for k, v in val.items())
-            bar.write(f"step {done}: val bpb {mean_bpb(val):.4f} ({per_label})")
+            message = f"step {done}: val bpb {mean_bpb(val):.4f}"
+            if config.model != "dense" and config.health_batches > 0:
+                health = model_health(model, health_batches(corpus, config))
+                _set_mode(model, config, True)
+                history.append({"step": done, "eval": "health", **health_summary(health)})
+                message += ", dead pairs " + " ".join(f"{g['dead_pair_share']:.0%}" for g in health["groups"])
+            bar.write(message)
         if done % config.checkpoint_every == 0 or done == end:
             write_checkpoint(out, model, checkpoint_state(done))
+            _write_history(out, history)  # readable while the run goes on (scripts/plot_training.py)
     bar.close()
     finished = end == config.steps
     _write_history(out, history)
@@ -493,6 +567,19 @@ def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
     _atomic_write_text(out / HISTORY_NAME, "".join(json.dumps(h) + "\n" for h in history))
 
 
+def _objective(config: TrainConfig) -> str:
+    if config.model == "dense":
+        return "L_LM"
+    text = "L_LM + aux_weight * (L_unif + L_amb), aux losses averaged over routing groups"
+    if config.z_loss_weight > 0:
+        text += " + z_loss_weight * router z-loss"
+    if config.balance_rate > 0:
+        text += f"; loss-free balancing of the selection biases (u = {config.balance_rate:g})"
+    if config.routing_warmup_steps > 0:
+        text += f"; threshold annealed over {config.routing_warmup_steps} steps"
+    return text
+
+
 def _manifest(config: TrainConfig, model: Any, corpus: Any, history: list[dict], wall: float,
               val: dict[str, dict], test: dict[str, dict], health: dict[str, Any] | None) -> dict[str, Any]:
     corpus_path = getattr(corpus, "path", None)
@@ -505,8 +592,7 @@ def _manifest(config: TrainConfig, model: Any, corpus: Any, history: list[dict],
         "parameters": sum(p.numel() for p in model.parameters()),
         "config": model.cfg.to_dict(),
         "train": config.to_dict(),
-        "objective": ("L_LM + aux_weight * (L_unif + L_amb), aux losses averaged over routing groups"
-                      if config.model != "dense" else "L_LM"),
+        "objective": _objective(config),
         "steps": config.steps,
         "tokens_seen": tokens,
         "wall_time_s": round(wall, 1),
@@ -532,10 +618,10 @@ def _manifest(config: TrainConfig, model: Any, corpus: Any, history: list[dict],
 
 # ---------------------------------------------------------------------------- CLI
 _CLI_FIELDS = ("steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip",
-               "aux_weight", "unif_probs", "seed", "d_model", "n_layers", "n_heads", "moe_experts", "moe_heads", "moe_dim",
+               "aux_weight", "unif_probs", "z_loss_weight", "balance_rate", "routing_warmup_steps", "label_power", "seed", "d_model", "n_layers", "n_heads", "moe_experts", "moe_heads", "moe_dim",
                "moe_topk", "moe_groups", "routing", "d_mlp", "max_position_embeddings", "eval_every",
                "eval_batches", "eval_batch_size", "test_windows", "health_batches", "checkpoint_every", "device",
-               "threads", "stop_after", "tokenizer")
+               "precision", "threads", "stop_after", "tokenizer")
 
 
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
@@ -553,10 +639,11 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     for name in _CLI_FIELDS:
         default = getattr(defaults, name)
-        kind = {"routing": str, "unif_probs": str, "device": str, "tokenizer": str, "d_mlp": int, "threads": int,
+        kind = {"routing": str, "unif_probs": str, "device": str, "precision": str, "tokenizer": str, "d_mlp": int, "threads": int,
                 "stop_after": int}.get(name, type(default))
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
-                            choices={"routing": ("threshold", "topk", "top1"), "unif_probs": ("routed", "softmax")}.get(name),
+                            choices={"routing": ("threshold", "topk", "top1"), "unif_probs": ("routed", "softmax"),
+                                     "precision": ("auto", "float32", "bfloat16")}.get(name),
                             help=f"(default: {default})")
     parser.set_defaults(func=_cli_train)
     return parser

@@ -61,6 +61,7 @@ def summarise(name: str, out: Path) -> dict:
             "val_bpb": manifest["final_val_bpb_mean"],
             "dead_pairs": [g["dead_pair_share"] for g in groups], "dead_rows": [g["dead_row_share"] for g in groups],
             "dead_cols": [g["dead_col_share"] for g in groups], "max_vio": [g.get("max_vio") for g in groups],
+            "kept": [0.5 * (g["mean_kept_row"] + g["mean_kept_col"]) for g in groups],
             "train_tokens_per_s": manifest["train_tokens_per_s"]}
 
 
@@ -68,12 +69,12 @@ def table(rows: list[dict]) -> str:
     def pct(values: list[float]) -> str:
         return " / ".join(f"{v:.0%}" for v in values)
 
-    lines = ["| recipe | test bpb | dead pairs (g0 / g1) | dead i | dead j | max load violation |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| recipe | test bpb | dead pairs (g0 / g1) | dead i | dead j | max load violation | kept per head |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         vio = " / ".join(f"{v:.1f}" for v in r["max_vio"] if v is not None)
         lines.append(f"| {r['recipe']} | {r['test_bpb']:.3f} | {pct(r['dead_pairs'])} | {pct(r['dead_rows'])} | "
-                     f"{pct(r['dead_cols'])} | {vio} |")
+                     f"{pct(r['dead_cols'])} | {vio} | {' / '.join(f'{k:.1f}' for k in r['kept'])} |")
     return "\n".join(lines)
 
 

@@ -123,7 +123,7 @@ def model_health(model: Any, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
 
 def health_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The compact per-group figures of a MONET health report (one history.jsonl record)."""
-    keys = ("dead_pair_share", "dead_row_share", "dead_col_share", "max_vio")
+    keys = ("dead_pair_share", "dead_row_share", "dead_col_share", "max_vio", "mean_kept_row", "mean_kept_col")
     return {key: [round(g[key], 5) for g in report["groups"]] for key in keys}
 
 

@@ -221,3 +221,30 @@ def test_reference_step_computes_the_trainers_objective(tmp_path, kind):
     total.backward()
     plain_total.backward()
     torch.testing.assert_close(plain.embed.grad, model.embed.W_E.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"precision": "fp16"}, "precision"),
+    ({"label_power": 1.5}, "label_power"),
+    ({"balance_rate": -0.1}, "must be >= 0"),
+    ({"z_loss_weight": -1.0}, "must be >= 0"),
+    ({"routing_warmup_steps": -3}, "must be >= 0"),
+])
+def test_train_config_rejects_bad_routing_options(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tmp_path, **changes)
+
+
+def test_cli_exposes_the_routing_options(tmp_path):
+    import argparse
+
+    from monet_interp.training import register_cli
+
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(["train", "--out", str(tmp_path), "--balance-rate", "0.01", "--z-loss-weight", "1e-3",
+                              "--routing-warmup-steps", "7", "--label-power", "0.5", "--precision", "bfloat16"])
+    assert (args.balance_rate, args.z_loss_weight, args.routing_warmup_steps, args.label_power, args.precision) == (
+        0.01, 1e-3, 7, 0.5, "bfloat16")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--out", str(tmp_path), "--precision", "fp16"])

@@ -22,11 +22,15 @@ from pathlib import Path
 RECIPES: dict[str, list[str]] = {
     "paper (aux 1e-3)": [],
     "aux 1e-2": ["--aux-weight", "0.01"],
-    "bias balancing u=1e-3": ["--balance-rate", "0.001"],
-    "bias balancing u=1e-2": ["--balance-rate", "0.01"],
+    "bias balancing u=1e-3": ["--balance-rate", "0.001", "--balance-target", "mean"],
+    "bias balancing u=1e-2": ["--balance-rate", "0.01", "--balance-target", "mean"],
     "z-loss 1e-3": ["--z-loss-weight", "0.001"],
     "routing warmup (1/3 of steps)": ["--routing-warmup-steps", "{warmup}"],
-    "bias u=1e-2 + aux 1e-2": ["--balance-rate", "0.01", "--aux-weight", "0.01"],
+    "bias u=1e-2 + aux 1e-2": ["--balance-rate", "0.01", "--balance-target", "mean", "--aux-weight", "0.01"],
+    "absolute bias u=1e-3": ["--balance-rate", "0.001", "--balance-target", "absolute"],
+    "absolute bias u=1e-2": ["--balance-rate", "0.01", "--balance-target", "absolute"],
+    "absolute bias u=1e-2 + aux 1e-2": ["--balance-rate", "0.01", "--balance-target", "absolute",
+                                        "--aux-weight", "0.01"],
 }
 
 

@@ -10,8 +10,9 @@
 # can span several sessions (keep $RUNS outside a checkout that gets replaced).
 # Environment: CORPUS (default data/corpus), RUNS (default runs/embedded), THREADS (default 1: on
 # a 2-core machine two single-thread runs side by side beat one two-thread run), STEPS (default
-# 4900: 4900 x 32 x 128 = 20.1M tokens), RECIPE (default paper: the paper's objective; "balanced"
-# adds centred loss-free balancing, u = 1e-2; see the README's routing recipes: not settled yet),
+# 4900: 4900 x 32 x 128 = 20.1M tokens), RECIPE (default balanced: the paper's objective plus
+# loss-free balancing of the selection biases toward the absolute load k/E, u = 1e-2; "paper": the
+# paper's objective alone, whose routing dies at this scale; see the README's routing recipes),
 # INSTALL (default 1: copy each finished model into monet_interp/checkpoints/<name>/; 0: leave it in $RUNS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ CORPUS=${CORPUS:-data/corpus}
 RUNS=${RUNS:-runs/embedded}
 THREADS=${THREADS:-1}
 STEPS=${STEPS:-4900}
-RECIPE=${RECIPE:-paper}
+RECIPE=${RECIPE:-balanced}
 INSTALL=${INSTALL:-1}
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 
@@ -31,11 +32,12 @@ fi
 # Shared shape: d=192, 4 layers, 4 attention heads, vocab 4096 (tied), E=64 halves (4096 experts
 # per routing group), 4 routing heads, moe_dim 8 (VD halves 4), top-k 4, 2 routing groups.
 # Objective: the paper's L_LM + 1e-3 (L_unif + L_amb). "balanced" adds loss-free balancing of the
-# routers' selection biases (u = 1e-2, centred per head) and nothing else.
+# routers' selection biases (bias += 1e-2 sign(k/E - load) after each step, used only to select
+# experts, never in g) and nothing else.
 # Labels are drawn with probability ~ train tokens^0.5 (small labels repeat at most ~2.3 epochs).
 # Matmuls run under bf16 autocast (float32 weights, optimizer and routing math).
 case "$RECIPE" in
-  balanced) ROUTING=(--balance-rate 0.01) ;;
+  balanced) ROUTING=(--balance-rate 0.01 --balance-target absolute) ;;
   paper) ROUTING=() ;;
   *) echo "unknown RECIPE=$RECIPE (balanced or paper)" >&2; exit 2 ;;
 esac

@@ -16,7 +16,7 @@ from monet_interp.components.router import MonetRouter, RoutingFactors
 from monet_interp.training import build_model, train
 from monet_interp.training.losses import (balance_bias_step, expert_load, max_load_violation, router_z_loss,
                                           routing_aux_losses)
-from monet_interp.training.trainer import find_checkpoint
+from monet_interp.training.trainer import _set_mode, find_checkpoint, train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -84,12 +84,23 @@ def test_load_violation_z_loss_and_bias_step_by_hand():
     mean = 2.0 / 4
     assert math.isclose(max_load_violation(load), (1.0 - mean) / mean)
     bias = torch.zeros(1, 4)
-    balance_bias_step(bias, load, 0.1)
+    balance_bias_step(bias, load, 0.1, "mean")
     torch.testing.assert_close(bias, torch.tensor([[-0.1, 0.1, -0.1, 0.1]]))
     skewed = torch.tensor([[1.0, 0.1, 0.1, 0.0]])  # three experts below the mean load of 0.3
     bias = torch.zeros(1, 4)
-    balance_bias_step(bias, skewed, 0.1)  # +-0.1 by sign is [-0.1, 0.1, 0.1, 0.1]; centred: minus 0.05
+    balance_bias_step(bias, skewed, 0.1, "mean")  # +-0.1 by sign is [-0.1, 0.1, 0.1, 0.1]; centred: minus 0.05
     torch.testing.assert_close(bias, torch.tensor([[-0.15, 0.05, 0.05, 0.05]]))
+    # absolute target k/E = 0.25: not centred, so three starved experts all rise and the head keeps more
+    bias = torch.full((1, 4), 0.5)
+    balance_bias_step(bias, skewed, 0.1, "absolute", target_load=0.25)
+    torch.testing.assert_close(bias, torch.tensor([[0.4, 0.6, 0.6, 0.6]]))
+    at_target = torch.tensor([[0.25, 0.25, 0.5, 0.25]])
+    balance_bias_step(bias, at_target, 0.1, "absolute", target_load=0.25)  # sign(0) = 0 leaves them
+    torch.testing.assert_close(bias, torch.tensor([[0.4, 0.6, 0.5, 0.6]]))
+    with pytest.raises(ValueError, match="target load"):
+        balance_bias_step(bias, skewed, 0.1, "absolute")
+    with pytest.raises(ValueError, match="balance target"):
+        balance_bias_step(bias, skewed, 0.1, "median", target_load=0.25)
 
     logits_row = torch.tensor([[[[0.0, math.log(3.0)]]]])  # logsumexp = log 4
     logits_col = torch.tensor([[[[1.0, 1.0]]]])  # logsumexp = 1 + log 2
@@ -123,7 +134,8 @@ def test_label_power_draws_labels_by_size(tmp_path):
 # ---------------------------------------------------------------------------- trainer
 def test_balance_rate_trains_biases_and_resumes_exactly(tmp_path):
     corpus = ToyCorpus()
-    config = tiny_config(tmp_path, steps=12, balance_rate=0.05, z_loss_weight=1e-3, checkpoint_every=4)
+    config = tiny_config(tmp_path, steps=12, balance_rate=0.05, balance_target="mean", z_loss_weight=1e-3,
+                         checkpoint_every=4)
     full = train(config, corpus)
     bias = full.model.blocks[0].moe.router.selection_bias1
     assert float(bias.abs().sum()) > 0  # the balancing moved them
@@ -135,14 +147,38 @@ def test_balance_rate_trains_biases_and_resumes_exactly(tmp_path):
     groups = full.model.cfg.num_routers
     assert all("z_loss" in h and len(h["max_vio"]) == groups and len(h["dead_in_batch"]) == groups for h in records)
 
-    interrupted = tiny_config(tmp_path / "b", steps=12, balance_rate=0.05, z_loss_weight=1e-3, checkpoint_every=4,
-                              stop_after=8)
+    interrupted = tiny_config(tmp_path / "b", steps=12, balance_rate=0.05, balance_target="mean", z_loss_weight=1e-3,
+                              checkpoint_every=4, stop_after=8)
     train(interrupted, corpus)
     assert find_checkpoint(Path(interrupted.out)) is not None
-    resumed = train(tiny_config(tmp_path / "b", steps=12, balance_rate=0.05, z_loss_weight=1e-3,
-                                checkpoint_every=4, resume=True), corpus)
+    resumed = train(tiny_config(tmp_path / "b", steps=12, balance_rate=0.05, balance_target="mean",
+                                z_loss_weight=1e-3, checkpoint_every=4, resume=True), corpus)
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_absolute_balance_target_follows_the_sign_of_k_over_e_minus_load(tmp_path):
+    """One trainer step with the absolute target moves every bias by exactly -rate, 0 or +rate, by the
+    sign of k/E minus that expert's load in the step's batch (recomputed here from the routing the
+    step saw), and does not centre them."""
+    corpus = ToyCorpus()
+    rate = 0.05
+    config = tiny_config(tmp_path, steps=1, balance_rate=rate, balance_target="absolute")
+    torch.manual_seed(0)
+    model = build_model(config, 64)
+    _set_mode(model, config, True)
+    batch = corpus.sample_batch("train", config.batch_size, config.seq_len, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, routers = model(batch, return_type=None, return_routing=True)
+    target = config.moe_topk / config.moe_experts
+    expected = [rate * torch.sign(target - expert_load(r.g_row)) for r in routers]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.0)  # weights stay put, so only the biases move
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    train_step(model, batch, config, optimizer, scheduler, params, 0)
+    for block, want in zip(model.blocks, expected):
+        torch.testing.assert_close(block.moe.router.selection_bias1, want)
+    assert any(float(w.mean().abs()) > 0 for w in expected)  # not centred
 
 
 def test_routing_warmup_keeps_more_experts_early_and_restores_the_rule(tmp_path):
@@ -227,6 +263,7 @@ def test_reference_step_computes_the_trainers_objective(tmp_path, kind):
     ({"precision": "fp16"}, "precision"),
     ({"label_power": 1.5}, "label_power"),
     ({"balance_rate": -0.1}, "must be >= 0"),
+    ({"balance_target": "median"}, "balance_target"),
     ({"z_loss_weight": -1.0}, "must be >= 0"),
     ({"routing_warmup_steps": -3}, "must be >= 0"),
 ])

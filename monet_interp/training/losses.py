@@ -132,15 +132,33 @@ def max_load_violation(load: Float[torch.Tensor, "head expert"]) -> float:
     return float(((load - mean) / mean).amax())
 
 
-def balance_bias_step(bias: Float[torch.Tensor, "head expert"], load: Float[torch.Tensor, "head expert"],
-                      rate: float) -> None:
-    """Loss-free balancing: bias += rate * sign(mean load - load), then each head's biases are
-    re-centred to mean 0, in place (under no_grad).
+BALANCE_TARGETS = ("absolute", "mean")
 
-    The centring matters for the threshold rule: there a shift common to all of a head's experts
-    changes how many pass the fixed threshold sigma, and uncentred sign updates drift upward
-    whenever most experts sit below the mean load (a 20M-token run drifted from ~3 to ~23 kept
-    experts per head and token). For top-k and top-1 a common shift changes nothing."""
+
+def balance_bias_step(bias: Float[torch.Tensor, "head expert"], load: Float[torch.Tensor, "head expert"],
+                      rate: float, target: str = "absolute", target_load: float | None = None) -> None:
+    """Loss-free balancing of the selection biases, in place (under no_grad).
+
+    ``target="absolute"``: bias += rate * sign(target_load - load), not centred, with
+    ``target_load`` = k / E (the share of tokens each expert should keep under even routing with k
+    kept experts per head). Raising a starved expert and lowering a crowded one toward a fixed
+    target balances the load *and* holds the number of kept experts per head near k under the
+    threshold rule.
+
+    ``target="mean"``: bias += rate * sign(mean load - load), then each head's biases are re-centred
+    to mean 0. Uncentred, these updates drift upward under the threshold rule (a shift common to all
+    of a head's experts changes how many pass the fixed sigma: a 20M-token run drifted from ~3 to ~23
+    kept experts per head and token); centred, they cut the kept count instead and leave many pairs
+    dead (README, routing recipes). For top-k and top-1 a common shift changes nothing and the two
+    targets agree, since there the mean load is k / E."""
+    if target not in BALANCE_TARGETS:
+        raise ValueError(f"balance target {target!r}: expected one of {BALANCE_TARGETS}")
+    load = load.to(bias.device)
     with torch.no_grad():
-        bias.add_(rate * torch.sign(load.mean(-1, keepdim=True) - load.to(bias.device)))
-        bias.sub_(bias.mean(-1, keepdim=True))
+        if target == "absolute":
+            if target_load is None or not 0.0 < target_load <= 1.0:
+                raise ValueError(f"absolute balance target needs a target load in (0, 1], got {target_load!r}")
+            bias.add_(rate * torch.sign(target_load - load))
+        else:
+            bias.add_(rate * torch.sign(load.mean(-1, keepdim=True) - load))
+            bias.sub_(bias.mean(-1, keepdim=True))

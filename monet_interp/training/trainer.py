@@ -18,8 +18,9 @@ for experts a token does not keep, so an expert no token keeps gets no gradient)
 
 Routing health beyond the paper (all off by default, so the defaults are the paper's recipe):
 ``balance_rate`` u > 0 gives the routers per-expert selection biases (saved with the model) that
-shift which experts are kept, never g, nudged after every step by u * sign(mean load - load)
-(loss-free balancing); ``z_loss_weight`` adds the router z-loss; ``routing_warmup_steps`` anneals
+shift which experts are kept, never g, nudged after every step toward even load (loss-free
+balancing; ``balance_target`` "absolute": u * sign(k/E - load), "mean": u * sign(mean load - load)
+re-centred per head, see ``losses.balance_bias_step``); ``z_loss_weight`` adds the router z-loss; ``routing_warmup_steps`` anneals
 the threshold sigma from 0 over that many steps. Every step's record has ``max_vio`` (maximal
 load violation) and ``dead_in_batch`` (share of halves no token of the batch keeps) per routing
 group; every evaluation adds a ``health`` record (dead pairs/rows/columns on validation text).
@@ -69,7 +70,7 @@ from monet_interp.model import HookedMONET
 from monet_interp.tokenizer import MonetTokenizer
 from monet_interp.training.dense import HookedDense, matched_dense_config
 from monet_interp.training.health import format_health, health_summary, model_health
-from monet_interp.training.losses import (AUX_WEIGHT, balance_bias_step, expert_load, max_load_violation,
+from monet_interp.training.losses import (AUX_WEIGHT, BALANCE_TARGETS, balance_bias_step, expert_load, max_load_violation,
                                           router_z_loss, routing_aux_losses)
 from monet_interp.training.metrics import evaluate_sampled, evaluate_windows, mean_bpb, token_byte_lengths
 
@@ -106,6 +107,7 @@ class TrainConfig:
     # routing-health options beyond the paper's recipe (all off by default = the paper's recipe)
     z_loss_weight: float = 0.0  # router z-loss weight
     balance_rate: float = 0.0  # u of loss-free balancing (per-expert selection bias); 0 = off
+    balance_target: str = "absolute"  # "absolute": load -> k/E per expert, uncentred; "mean": load -> mean, centred
     routing_warmup_steps: int = 0  # threshold routing: sigma annealed from 0 to its value over these steps
     label_power: float = 0.0  # training labels drawn with probability ~ train_tokens ** label_power (0 = uniform)
     seed: int = 0
@@ -159,6 +161,8 @@ class TrainConfig:
             raise ValueError("TrainConfig: need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
         if self.z_loss_weight < 0 or self.balance_rate < 0 or self.routing_warmup_steps < 0 or self.aux_weight < 0:
             raise ValueError("TrainConfig: aux_weight, z_loss_weight, balance_rate and routing_warmup_steps must be >= 0")
+        if self.balance_target not in BALANCE_TARGETS:
+            raise ValueError(f"TrainConfig.balance_target={self.balance_target!r}: expected one of {BALANCE_TARGETS}")
         if not 0.0 <= self.label_power <= 1.0:
             raise ValueError(f"TrainConfig.label_power={self.label_power!r}: must be in [0, 1]")
         if self.stop_after is not None and not (1 <= self.stop_after <= self.steps):
@@ -271,8 +275,9 @@ def train_step(model: Any, batch: torch.Tensor, config: TrainConfig, optimizer: 
             dead.append(round(0.5 * float((load_row.sum(0) == 0).float().mean() + (load_col.sum(0) == 0).float().mean()),
                               4))
             if config.balance_rate > 0:
-                balance_bias_step(router.selection_bias1, load_row, config.balance_rate)
-                balance_bias_step(router.selection_bias2, load_col, config.balance_rate)
+                target_load = (1 if config.routing_rule == "top1" else config.moe_topk) / config.moe_experts
+                for bias, load in ((router.selection_bias1, load_row), (router.selection_bias2, load_col)):
+                    balance_bias_step(bias, load, config.balance_rate, config.balance_target, target_load)
         record.update(max_vio=vio, dead_in_batch=dead)
     tokens = batch.shape[0] * (batch.shape[1] - 1)
     return {"step": step + 1, "loss": float(loss.detach()), "lm_loss": float(lm_loss.detach()), "lr": lr,
@@ -574,7 +579,8 @@ def _objective(config: TrainConfig) -> str:
     if config.z_loss_weight > 0:
         text += " + z_loss_weight * router z-loss"
     if config.balance_rate > 0:
-        text += f"; loss-free balancing of the selection biases (u = {config.balance_rate:g})"
+        text += (f"; loss-free balancing of the selection biases (u = {config.balance_rate:g}, "
+                 f"{config.balance_target} target)")
     if config.routing_warmup_steps > 0:
         text += f"; threshold annealed over {config.routing_warmup_steps} steps"
     return text
@@ -618,7 +624,8 @@ def _manifest(config: TrainConfig, model: Any, corpus: Any, history: list[dict],
 
 # ---------------------------------------------------------------------------- CLI
 _CLI_FIELDS = ("steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip",
-               "aux_weight", "unif_probs", "z_loss_weight", "balance_rate", "routing_warmup_steps", "label_power", "seed", "d_model", "n_layers", "n_heads", "moe_experts", "moe_heads", "moe_dim",
+               "aux_weight", "unif_probs", "z_loss_weight", "balance_rate", "balance_target", "routing_warmup_steps",
+               "label_power", "seed", "d_model", "n_layers", "n_heads", "moe_experts", "moe_heads", "moe_dim",
                "moe_topk", "moe_groups", "routing", "d_mlp", "max_position_embeddings", "eval_every",
                "eval_batches", "eval_batch_size", "test_windows", "health_batches", "checkpoint_every", "device",
                "precision", "threads", "stop_after", "tokenizer")
@@ -639,11 +646,12 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     for name in _CLI_FIELDS:
         default = getattr(defaults, name)
-        kind = {"routing": str, "unif_probs": str, "device": str, "precision": str, "tokenizer": str, "d_mlp": int, "threads": int,
-                "stop_after": int}.get(name, type(default))
+        kind = {"routing": str, "unif_probs": str, "device": str, "precision": str, "tokenizer": str, "d_mlp": int,
+                "threads": int, "stop_after": int, "balance_target": str}.get(name, type(default))
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
                             choices={"routing": ("threshold", "topk", "top1"), "unif_probs": ("routed", "softmax"),
-                                     "precision": ("auto", "float32", "bfloat16")}.get(name),
+                                     "precision": ("auto", "float32", "bfloat16"),
+                                     "balance_target": BALANCE_TARGETS}.get(name),
                             help=f"(default: {default})")
     parser.set_defaults(func=_cli_train)
     return parser

@@ -1,27 +1,14 @@
-"""Fair baselines for unlearning: dense MLP neurons, and SAE features on MLP outputs.
+"""Fair baselines for unlearning: SAEs trained with SAELens on MLP outputs (or any hook).
 
-    from monet_interp.analyses.baselines import NeuronUnits, SAEUnits, train_saes
+    from monet_interp.analyses.baselines import train_saes
+    from monet_interp.units import NeuronUnits, SAEUnits
     neurons = NeuronUnits(dense)                       # every MLP neuron, blocks.{l}.mlp.hook_post
     bank = train_saes(dense, corpus, steps=300)        # one TopK SAE per layer (SAELens), on hook_mlp_out
     features = SAEUnits(bank)                          # error term kept, negative clamping
     spliced = SAEUnits(bank, mode="spliced")           # the reconstruction spliced in (for comparison)
 
-Both are :class:`monet_interp.analyses.unlearning.UnitSet` s, so every selection rule of the
-unlearning analysis (2x, selective-pruning ratio, iterative, random) applies to them unchanged.
-
-Neurons: statistics = mean activation (relu2 >= 0, so also the mean absolute activation) and
-firing frequency (activation > 0) at ``blocks.{l}.mlp.hook_post``; removal = the neuron's
-activation set to 0 (selective pruning of feed-forward neurons, Pochinkov & Schoots 2024).
-
-SAE features, following the fair-SAE rules (evals.md):
-
-- keep the error term: at the hook, x' = x + sum_k (f'_k - f_k) W_dec[k], i.e. Dec(f') + (x - Dec(f)),
-  computed as the change alone so that an empty edit returns x bit for bit;
-- remove a feature by negative clamping: where the feature is active (f_k > 0) it is set to
-  ``clamp * mu_k``, mu_k its mean activation where active on the training activations
-  (``clamp=0`` is zero-ablation, which is often ineffective; Farrell et al. 2024);
-- always measure against the clean model: ``mode="spliced"`` replaces x by Dec(f') (the
-  reconstruction spliced in, even with nothing removed) to show what splicing alone costs.
+The unit types (dense neurons, SAE features, the SAE bank, ``splice_sae``) are core
+(:mod:`monet_interp.units`: the fair-SAE rules are described there); this module trains the SAEs.
 
 SAEs are trained by SAELens' own training runner (``LanguageModelSAETrainingRunner`` with
 ``override_model=`` the hooked model and ``override_dataset=`` the corpus windows as a
@@ -32,7 +19,7 @@ e.g. MONET's expert activations ``blocks.{l}.moe.hook_expert_acts_row`` ([batch,
 m/2], flattened to expert * m/2 features as SAELens does). ``train_saes(trainer="iterator")``
 keeps the former path (``SAETrainer`` fed by an iterator of cached activation batches).
 
-Run a model with an SAE spliced in, or with its error term kept (:func:`splice_sae`)::
+Run a model with an SAE spliced in, or with its error term kept (``monet_interp.units.splice_sae``)::
 
     sae = train_sae_with_runner(model, "blocks.1.hook_resid_post", windows, steps=200)
     with splice_sae(model, sae, "blocks.1.hook_resid_post"):                  # x -> Dec(Enc(x))
@@ -49,136 +36,29 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
-from monet_interp.analyses.unlearning import UnitSet, UnlearningError, _batches, _model_name, resolve_labels, token_windows
-
-SAE_HOOK = "blocks.{layer}.hook_mlp_out"
-NEURON_HOOK = "blocks.{layer}.mlp.hook_post"
-SAE_MODES = ("error", "spliced")
+from monet_interp.analyses.unlearning.config import resolve_labels
+from monet_interp.evaluation import token_windows
+from monet_interp.units import SAE_HOOK, SAEBank, flat_features, model_name
 
 
 def _n_layers(model: Any) -> int:
     return int(model.cfg.n_layers)
 
 
-# ============================================================================================
-# dense neurons
-# ============================================================================================
-
-
-class NeuronUnits(UnitSet):
-    """MLP neurons of a dense model (``blocks.{l}.mlp.hook_post`` [batch, pos, d_mlp]).
-
-    Flat unit id = slot * d_mlp + neuron, slot indexing ``layers`` (default: every layer).
-    Removal zeroes the neurons' activations (so they contribute nothing to the MLP output)."""
-
-    kind = "neuron"
-
-    def __init__(self, model: Any, layers: Sequence[int] | None = None, hook_template: str = NEURON_HOOK,
-                 fire_threshold: float = 0.0, name: str | None = None):
-        self.model = model
-        self.layers = list(range(_n_layers(model))) if layers is None else [int(x) for x in layers]
-        self.hook_template = hook_template
-        names = [hook_template.format(layer=x) for x in self.layers]
-        unknown = [n for n in names if n not in model.hook_dict]
-        if unknown:
-            raise UnlearningError(f"{type(model).__name__} has no hook(s) {unknown} (NeuronUnits needs a dense MLP "
-                                  f"model such as HookedDense)")
-        self.width = int(model.cfg.d_mlp)
-        self.n_units = len(self.layers) * self.width
-        self.fire_threshold = float(fire_threshold)
-        self.name = name or f"{_model_name(model)} neurons"
-
-    def _split(self, units: torch.Tensor) -> dict[int, torch.Tensor]:
-        units = torch.as_tensor(units, dtype=torch.long)
-        slot, neuron = units // self.width, units % self.width
-        return {self.layers[s]: neuron[slot == s] for s in slot.unique().tolist()}
-
-    def hooks(self, units: torch.Tensor) -> list[tuple[str, Any]]:
-        """Forward hooks zeroing ``units``."""
-        out = []
-        for layer, idx in self._split(units).items():
-            def zero(act: torch.Tensor, hook: Any, idx: torch.Tensor = idx) -> torch.Tensor:
-                return act.index_fill(-1, idx.to(act.device), 0.0)
-            out.append((self.hook_template.format(layer=layer), zero))
-        return out
-
-    def removal(self, units: torch.Tensor) -> contextlib.AbstractContextManager:
-        units = torch.as_tensor(units, dtype=torch.long)
-        if units.numel() == 0:
-            return contextlib.nullcontext()
-        return self.model.hooks(fwd_hooks=self.hooks(units))
-
-    def describe(self, units: torch.Tensor) -> pd.DataFrame:
-        units = torch.as_tensor(units, dtype=torch.long)
-        return pd.DataFrame({"unit": units.tolist(), "layer": [self.layers[s] for s in (units // self.width).tolist()],
-                             "neuron": (units % self.width).tolist()})
-
-    def info(self) -> dict[str, Any]:
-        return dict(super().info(), layers=self.layers, width=self.width)
-
-    @torch.no_grad()
-    def statistics(self, windows: torch.Tensor, batch_size: int = 16) -> dict[str, torch.Tensor]:
-        total = torch.zeros(len(self.layers), self.width, dtype=torch.float64)
-        fires = torch.zeros_like(total)
-        count = [0]
-
-        def grab(slot: int):
-            def hook(act: torch.Tensor, hook: Any) -> None:
-                flat = act.detach().reshape(-1, act.shape[-1]).double()
-                total[slot] += flat.sum(0).cpu()
-                fires[slot] += (flat > self.fire_threshold).sum(0).double().cpu()
-            return hook
-
-        hooks = [(self.hook_template.format(layer=x), grab(s)) for s, x in enumerate(self.layers)]
-        with self.model.hooks(fwd_hooks=hooks):
-            for inputs in _batches(windows, batch_size):
-                count[0] += inputs.numel()
-                self.model(inputs.to(self.model.device), stop_at_layer=max(self.layers) + 1)
-        n = max(count[0], 1)
-        return {"mean": (total / n).flatten(), "freq": (fires / n).flatten()}
+def _batches(windows: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Batches of the inputs windows[:, :-1] of next-token windows [n, seq + 1]."""
+    for start in range(0, len(windows), batch_size):
+        yield windows[start:start + batch_size, :-1]
 
 
 # ============================================================================================
-# SAEs
+# SAE training
 # ============================================================================================
-
-
-@dataclass
-class SAEBank:
-    """One SAE per layer at ``hook_template`` of ``model``.
-
-    saes: {layer: SAE} (SAELens SAEs, or any module with ``encode``, ``decode``, ``W_dec``
-    [d_sae, d] and a linear decoder Dec(f) = f W_dec + b_dec). mean_active: {layer: [d_sae]} mean
-    activation of each feature where it is active (0 for dead features). fvu: {layer: fraction of
-    variance unexplained} on held-out activations. l0: {layer: mean active features per token}.
-    """
-
-    model: Any
-    saes: dict[int, Any]
-    mean_active: dict[int, torch.Tensor]
-    hook_template: str = SAE_HOOK
-    fvu: dict[int, float] = field(default_factory=dict)
-    l0: dict[int, float] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def layers(self) -> list[int]:
-        return sorted(self.saes)
-
-    def d_sae(self, layer: int) -> int:
-        return int(self.saes[layer].W_dec.shape[0])
-
-
-def _flat_features(act: torch.Tensor) -> torch.Tensor:
-    """[batch, pos, *feature dims] -> [batch, pos, prod(feature dims)] (SAELens flattens heads/experts)."""
-    return act.flatten(2) if act.dim() > 3 else act
 
 
 def _activation_batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
@@ -201,7 +81,7 @@ def collect_activations(model: Any, corpus: Any, layers: Sequence[int], *, hook_
 
     def grab(layer: int):
         def hook(act: torch.Tensor, hook: Any) -> None:
-            flat = _flat_features(act.detach())
+            flat = flat_features(act.detach())
             store[layer].append(flat.reshape(-1, flat.shape[-1]).float().cpu())
         return hook
 
@@ -278,7 +158,7 @@ def hook_width(model: Any, hook_name: str, context_size: int = 2) -> int:
     layer = int(hook_name.split(".")[1]) + 1 if hook_name.startswith("blocks.") else None
     with torch.no_grad():
         _, cache = model.run_with_cache(probe, names_filter=[hook_name], stop_at_layer=layer)
-    return int(_flat_features(cache[hook_name]).shape[-1])
+    return int(flat_features(cache[hook_name]).shape[-1])
 
 
 def train_sae_with_runner(model: Any, hook_name: str, windows: torch.Tensor, *, expansion: int = 4, k: int = 16,
@@ -311,7 +191,7 @@ def train_sae_with_runner(model: Any, hook_name: str, windows: torch.Tensor, *, 
         sae=TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=min(k, d_sae), device=device, dtype="float32",
                                   normalize_activations="expected_average_only_in",
                                   rescale_acts_by_decoder_norm=False),
-        model_name=_model_name(model), model_class_name=type(model).__name__, hook_name=hook_name,
+        model_name=model_name(model), model_class_name=type(model).__name__, hook_name=hook_name,
         dataset_path="override_dataset", is_dataset_tokenized=True, streaming=False, context_size=context,
         prepend_bos=False, sequence_separator_token=None, training_tokens=steps * batch_size,
         train_batch_size_tokens=batch_size, store_batch_size_prompts=store_batch_size,
@@ -350,31 +230,6 @@ def _signal_handlers_restored() -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-
-
-def splice_sae(model: Any, sae: Any, hook_name: str, error_term: bool = False,
-               edit: Any = None) -> contextlib.AbstractContextManager:
-    """Context manager: run ``model`` with ``sae`` at ``hook_name``.
-
-    error_term=False: the reconstruction Dec(f') replaces the activation (f = Enc(x), f' =
-    edit(f) or f). error_term=True: the SAE's error is kept, x' = x + Dec(f') - Dec(f) (SAELens'
-    use_error_term), so without an edit the model is unchanged bit for bit. Activations with
-    several trailing axes ([batch, pos, expert, m]) are flattened for the SAE and restored.
-    edit: f -> f' on [batch, pos, d_sae] feature activations."""
-    if hook_name not in model.hook_dict:
-        raise ValueError(f"{type(model).__name__} has no hook {hook_name!r}")
-
-    def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        flat = _flat_features(x)
-        f = sae.encode(flat.to(sae.W_dec.dtype))
-        new = edit(f) if edit is not None else f
-        if error_term:
-            out = flat + (sae.decode(new) - sae.decode(f)).to(flat.dtype)
-        else:
-            out = sae.decode(new).to(flat.dtype)
-        return out.reshape(x.shape)
-
-    return model.hooks(fwd_hooks=[(hook_name, hook)])
 
 
 @torch.no_grad()
@@ -449,7 +304,7 @@ def train_saes(model: Any, corpus: Any, *, layers: Sequence[int] | None = None, 
             saes[layer], mean_active[layer], fvu[layer], l0[layer] = sae, mu, layer_fvu, layer_l0
         n_tokens = int(len(acts[layers[0]]))
         how = "sae_lens.SAETrainer (activation iterator)"
-    info = dict(model=_model_name(model), hook_template=hook_template, tokens=n_tokens, trainer=how,
+    info = dict(model=model_name(model), hook_template=hook_template, tokens=n_tokens, trainer=how,
                 expansion=expansion, k=k, steps=steps, batch_size=batch_size, lr=lr, seconds=time.perf_counter() - t0)
     return SAEBank(model, saes, mean_active, hook_template, fvu, l0, info)
 
@@ -461,109 +316,10 @@ def _window_activations(model: Any, hook_name: str, windows: torch.Tensor, batch
     out = []
     for inputs in _batches(windows, batch_size):
         _, cache = model.run_with_cache(inputs.to(model.device), names_filter=[hook_name], stop_at_layer=layer)
-        flat = _flat_features(cache[hook_name])
+        flat = flat_features(cache[hook_name])
         out.append(flat.reshape(-1, flat.shape[-1]).float().cpu())
     return torch.cat(out)
 
 
-class SAEUnits(UnitSet):
-    """SAE features of an :class:`SAEBank` as removable units.
-
-    Flat unit id = slot * d_sae + feature (slot indexing ``bank.layers``; every SAE the same width).
-    mode "error" (default): x' = x + sum_k (f'_k - f_k) W_dec[k] (error term kept); "spliced":
-    x' = Dec(f') (the reconstruction replaces x at every layer of the bank, even with nothing
-    removed). clamp: value of a removed feature where it is active, in units of its mean active
-    value mu_k (negative clamping; 0 = zero-ablation).
-    """
-
-    kind = "feature"
-
-    def __init__(self, bank: SAEBank, mode: str = "error", clamp: float = -2.0, name: str | None = None):
-        if mode not in SAE_MODES:
-            raise UnlearningError(f"mode must be one of {SAE_MODES}, got {mode!r}")
-        self.bank, self.model, self.mode, self.clamp = bank, bank.model, mode, float(clamp)
-        self.layers = bank.layers
-        widths = {bank.d_sae(x) for x in self.layers}
-        if len(widths) != 1:
-            raise UnlearningError(f"every SAE of the bank must have the same width, got {sorted(widths)}")
-        self.width = widths.pop()
-        self.n_units = len(self.layers) * self.width
-        tag = "error kept" if mode == "error" else "spliced"
-        self.name = name or f"SAE features of {_model_name(self.model)} ({tag})"
-
-    def _split(self, units: torch.Tensor) -> dict[int, torch.Tensor]:
-        units = torch.as_tensor(units, dtype=torch.long)
-        slot, feat = units // self.width, units % self.width
-        return {self.layers[s]: feat[slot == s] for s in slot.unique().tolist()}
-
-    def intervention(self, layer: int, features: torch.Tensor):
-        """The hook function editing ``features`` of ``layer`` (see the class docstring)."""
-        sae = self.bank.saes[layer]
-        idx = torch.as_tensor(features, dtype=torch.long)
-        value = self.clamp * self.bank.mean_active[layer][idx]
-        mode = self.mode
-
-        def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            flat = _flat_features(x)
-            f = sae.encode(flat)
-            f_sel = f[..., idx]
-            new = torch.where(f_sel > 0, value.to(f.dtype).expand_as(f_sel), f_sel)
-            if mode == "error":
-                return (flat + ((new - f_sel) @ sae.W_dec[idx]).to(x.dtype)).reshape(x.shape)
-            f = f.clone()
-            f[..., idx] = new
-            return sae.decode(f).to(x.dtype).reshape(x.shape)
-
-        return hook
-
-    def hooks(self, units: torch.Tensor) -> list[tuple[str, Any]]:
-        """Forward hooks for removing ``units``; in spliced mode every layer of the bank is hooked."""
-        per_layer = self._split(units)
-        layers = self.layers if self.mode == "spliced" else sorted(per_layer)
-        empty = torch.zeros(0, dtype=torch.long)
-        return [(self.bank.hook_template.format(layer=x), self.intervention(x, per_layer.get(x, empty)))
-                for x in layers]
-
-    def removal(self, units: torch.Tensor) -> contextlib.AbstractContextManager:
-        units = torch.as_tensor(units, dtype=torch.long)
-        if units.numel() == 0 and self.mode == "error":
-            return contextlib.nullcontext()
-        return self.model.hooks(fwd_hooks=self.hooks(units))
-
-    def describe(self, units: torch.Tensor) -> pd.DataFrame:
-        units = torch.as_tensor(units, dtype=torch.long)
-        return pd.DataFrame({"unit": units.tolist(), "layer": [self.layers[s] for s in (units // self.width).tolist()],
-                             "feature": (units % self.width).tolist()})
-
-    def info(self) -> dict[str, Any]:
-        return dict(super().info(), mode=self.mode, clamp=self.clamp, layers=self.layers, width=self.width,
-                    fvu=self.bank.fvu, l0=self.bank.l0, training=self.bank.info)
-
-    @torch.no_grad()
-    def statistics(self, windows: torch.Tensor, batch_size: int = 16) -> dict[str, torch.Tensor]:
-        total = torch.zeros(len(self.layers), self.width, dtype=torch.float64)
-        fires = torch.zeros_like(total)
-        count = [0]
-
-        def grab(slot: int, layer: int):
-            sae = self.bank.saes[layer]
-
-            def hook(x: torch.Tensor, hook: Any) -> None:
-                flat = _flat_features(x.detach())
-                f = sae.encode(flat.reshape(-1, flat.shape[-1])).double()
-                total[slot] += f.sum(0).cpu()
-                fires[slot] += (f > 0).sum(0).double().cpu()
-            return hook
-
-        hooks = [(self.bank.hook_template.format(layer=x), grab(s, x)) for s, x in enumerate(self.layers)]
-        with self.model.hooks(fwd_hooks=hooks):
-            for inputs in _batches(windows, batch_size):
-                count[0] += inputs.numel()
-                self.model(inputs.to(self.model.device), stop_at_layer=max(self.layers) + 1)
-        n = max(count[0], 1)
-        return {"mean": (total / n).flatten(), "freq": (fires / n).flatten()}
-
-
-__all__ = ["NEURON_HOOK", "NeuronUnits", "SAEBank", "SAEUnits", "SAE_HOOK", "SAE_MODES", "SAE_TRAINERS",
-           "collect_activations", "hook_width", "sae_quality", "splice_sae", "train_sae", "train_sae_with_runner",
+__all__ = ["SAE_TRAINERS", "collect_activations", "hook_width", "sae_quality", "train_sae", "train_sae_with_runner",
            "train_saes"]

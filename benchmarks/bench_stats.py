@@ -21,29 +21,24 @@ import numpy as np
 import torch
 
 from monet_interp import HookedMONET, MonetConfig
+from monet_interp.data import MemoryCorpus
 from monet_interp.stats import compute_routing_stats, plan_windows
-from monet_interp.stats.routing_stats import make_batch
+from monet_interp.stats.stream import make_batch
 
 
-class RandomCorpus:
-    def __init__(self, vocab: int, tokens: int, n_labels: int = 4, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.labels = [f"label{k}" for k in range(n_labels)]
-        self.docs = {}
-        per_label = tokens // n_labels
-        for lab in self.labels:
-            docs, total = [], 0
-            while total < per_label:
-                n = int(min(rng.integers(64, 2048), per_label - total + 2))
-                docs.append(np.concatenate([[1], rng.integers(3, vocab, max(n - 2, 1)), [2]]).astype(np.int64))
-                total += len(docs[-1])
-            self.docs[lab] = docs
-
-    def label_kind(self, label):
-        return "code"
-
-    def documents(self, label, split="val"):
-        return self.docs[label]
+def random_corpus(vocab: int, tokens: int, n_labels: int = 4, seed: int = 0) -> MemoryCorpus:
+    """Random [bos, ..., eos] documents of 64..2048 tokens, ``tokens`` in all, code labels."""
+    rng = np.random.default_rng(seed)
+    labels = [f"label{k}" for k in range(n_labels)]
+    docs = {}
+    per_label = tokens // n_labels
+    for lab in labels:
+        docs[lab], total = [], 0
+        while total < per_label:
+            n = int(min(rng.integers(64, 2048), per_label - total + 2))
+            docs[lab].append(np.concatenate([[1], rng.integers(3, vocab, max(n - 2, 1)), [2]]).astype(np.int64))
+            total += len(docs[lab][-1])
+    return MemoryCorpus.from_documents(docs, kinds=dict.fromkeys(labels, "code"))
 
 
 def configure(router_std: float, model: HookedMONET) -> HookedMONET:
@@ -107,13 +102,13 @@ def main() -> None:
     for name in names:
         cfg, seq_len, batch_size = models[name]
         model = configure(1.0, HookedMONET(cfg, device=args.device))
-        corpus = RandomCorpus(cfg.vocab_size, args.tokens)
+        corpus = random_corpus(cfg.vocab_size, args.tokens)
         plan = plan_windows(corpus, None, "val", seq_len)
         batches = [make_batch(plan, w, model.device) for w in plan.batches(plan.shard(0, 1), batch_size)]
         n_tokens = int(plan.win_len.sum())
         stop = cfg.router_layers[-1] + 1
         time_forward(model, batches[:2])  # warm-up
-        time_stats(model, RandomCorpus(cfg.vocab_size, 4096), seq_len, batch_size, False)
+        time_stats(model, random_corpus(cfg.vocab_size, 4096), seq_len, batch_size, False)
         t_full, t_trunc, t_stats, t_stats_dm = [], [], [], []
         for _ in range(args.repeats):  # interleaved, to share machine noise
             t_full.append(time_forward(model, batches))

@@ -1,7 +1,7 @@
 """monet-interp: see, delete and steer the experts of MONET language models.
 
     from monet_interp import HookedMONET, ExpertEdit
-    model = HookedMONET.from_pretrained("monet-vd-tiny")
+    model = HookedMONET.from_pretrained("monet-vd-tiny")   # or load_model(name): MONET or dense by model_type
     logits, cache = model.run_with_cache("def main():")
     with model.edit_experts([ExpertEdit(3, 7, "prune", group=0)]):
         loss = model("def main():", return_type="loss")
@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "HookedMONET": "monet_interp.model",
+    "HookedDense": "monet_interp.dense",
+    "DenseConfig": "monet_interp.dense",
+    "load_model": "monet_interp.loading",
     "ExpertEdit": "monet_interp.editing",
     "MonetConfig": "monet_interp.config",
     "ConfigError": "monet_interp.config",

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 DECOMPOSITIONS = ("vertical", "horizontal")
 # How the router turns logits into the two routing factors:
@@ -59,8 +59,111 @@ class TransformerLensAliases:
         return self.max_position_embeddings
 
 
+C = TypeVar("C", bound="ModelConfig")
+
+
+class ModelConfig(TransformerLensAliases):
+    """What the configs of this project's models share (MonetConfig, DenseConfig): the HF-style
+    config.json round trip (unknown keys kept in ``extra``), validation of the Llama fields with
+    the offending field named, and the TransformerLens aliases.
+
+    Subclasses are dataclasses with the HF fields plus ``model_type``, ``extra`` and ``device``,
+    and set ``MODEL_TYPE`` (the config.json ``model_type``) and ``ARCHITECTURE``."""
+
+    MODEL_TYPE: ClassVar[str] = ""
+    ARCHITECTURE: ClassVar[str] = ""
+    # config.json may omit model_type for this type (released MONET configs always carry it)
+    MODEL_TYPE_OPTIONAL: ClassVar[bool] = False
+    POSITIVE_INT_FIELDS: ClassVar[tuple[str, ...]] = ()
+    ACTIVATION_HINT: ClassVar[str] = 'must be "relu2"'
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        self.validate()
+
+    def _fail(self, name: str, why: str) -> None:
+        raise ConfigError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: {why}")
+
+    def validate(self) -> None:
+        """Check every field (ConfigError naming the first bad one); ``validate_model`` adds the
+        checks of the model type."""
+        fail = self._fail
+        for name in self.POSITIVE_INT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(name, "must be a positive integer")
+        if self.model_type != self.MODEL_TYPE:
+            fail("model_type", f'must be "{self.MODEL_TYPE}"')
+        if self.hidden_act != "relu2":
+            fail("hidden_act", self.ACTIVATION_HINT)
+        if self.hidden_size % self.num_attention_heads:
+            fail("num_attention_heads", f"must divide hidden_size={self.hidden_size}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            fail("num_key_value_heads", f"must divide num_attention_heads={self.num_attention_heads}")
+        if self.head_dim % 2:
+            fail("hidden_size", "hidden_size / num_attention_heads must be even for rotary embeddings")
+        self.validate_model()
+        if not isinstance(self.rms_norm_eps, (int, float)) or self.rms_norm_eps <= 0:
+            fail("rms_norm_eps", "must be a positive number")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value < self.vocab_size):
+                fail(name, f"must be in [0, vocab_size={self.vocab_size})")
+
+    def validate_model(self) -> None:
+        """Checks of one model type (subclasses)."""
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "device")}
+        out["architectures"] = [self.ARCHITECTURE]
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        found = data.get("model_type", cls.MODEL_TYPE if cls.MODEL_TYPE_OPTIONAL else None)
+        if found != cls.MODEL_TYPE:
+            raise ConfigError(f"config.json has model_type={data.get('model_type')!r}; expected {cls.MODEL_TYPE!r}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "device"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known and k != "architectures"}
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if isinstance(kwargs.get(key), list):  # some configs list several eos ids
+                kwargs[key] = kwargs[key][0]
+        try:
+            return cls(**kwargs, extra=extra)
+        except TypeError as err:  # pragma: no cover - defensive
+            raise ConfigError(str(err)) from err
+
+    def to_json_file(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json_file(cls: type[C], path: str | Path) -> C:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass
-class MonetConfig(TransformerLensAliases):
+class MonetConfig(ModelConfig):
+    MODEL_TYPE: ClassVar[str] = "monet"
+    ARCHITECTURE: ClassVar[str] = "MonetForCausalLM"
+    MODEL_TYPE_OPTIONAL: ClassVar[bool] = True
+    ACTIVATION_HINT: ClassVar[str] = 'MONET uses "relu2" (squared ReLU); no other activation is supported'
+    POSITIVE_INT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "max_position_embeddings", "moe_dim", "moe_heads", "moe_experts", "moe_topk", "moe_groups")
+
     vocab_size: int = 32000
     hidden_size: int = 2048
     num_hidden_layers: int = 24
@@ -93,11 +196,6 @@ class MonetConfig(TransformerLensAliases):
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     # Where the model lives (set by HookedMONET; never written to config.json).
     device: str | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        self.validate()
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -132,32 +230,14 @@ class MonetConfig(TransformerLensAliases):
         return self.num_hidden_layers * per_layer + routers + embeddings + d
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> None:
-        def fail(name: str, why: str) -> None:
-            raise ConfigError(f"MonetConfig.{name}={getattr(self, name)!r}: {why}")
-
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "max_position_embeddings", "moe_dim", "moe_heads",
-                     "moe_experts", "moe_topk", "moe_groups"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                fail(name, "must be a positive integer")
-        if self.model_type != "monet":
-            fail("model_type", 'must be "monet"')
-        if self.hidden_act != "relu2":
-            fail("hidden_act", 'MONET uses "relu2" (squared ReLU); no other activation is supported')
+    def validate_model(self) -> None:
+        fail = self._fail
         if self.moe_decompose not in DECOMPOSITIONS:
             fail("moe_decompose", f"unknown decomposition; expected one of {DECOMPOSITIONS}")
         if not isinstance(self.moe_selection_bias, bool):
             fail("moe_selection_bias", "must be true or false")
         if self.moe_routing not in ROUTINGS:
             fail("moe_routing", f"unknown routing; expected one of {ROUTINGS}")
-        if self.hidden_size % self.num_attention_heads:
-            fail("num_attention_heads", f"must divide hidden_size={self.hidden_size}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            fail("num_key_value_heads", f"must divide num_attention_heads={self.num_attention_heads}")
-        if self.head_dim % 2:
-            fail("hidden_size", "hidden_size / num_attention_heads must be even for rotary embeddings")
         if self.moe_decompose == "vertical":
             if self.moe_dim % 2:
                 fail("moe_dim", "must be even for the vertical decomposition (each half gets moe_dim/2)")
@@ -171,54 +251,15 @@ class MonetConfig(TransformerLensAliases):
             kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
             if kind not in ("linear", "default"):
                 fail("rope_scaling", 'only None, {"type": "linear", "factor": f} are supported')
-        if not isinstance(self.rms_norm_eps, (int, float)) or self.rms_norm_eps <= 0:
-            fail("rms_norm_eps", "must be a positive number")
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            if value is not None and not (0 <= value < self.vocab_size):
-                fail(name, f"must be in [0, vocab_size={self.vocab_size})")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "device")}
+        out = super().to_dict()
         if out["moe_routing"] == "threshold":
             del out["moe_routing"]
         if not out["moe_selection_bias"]:
             del out["moe_selection_bias"]
-        out["architectures"] = ["MonetForCausalLM"]
-        out.update(self.extra)
         return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MonetConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-        if data.get("model_type", "monet") != "monet":
-            raise ConfigError(f"config.json has model_type={data.get('model_type')!r}; expected 'monet'")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "device"}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        extra = {k: v for k, v in data.items() if k not in known and k != "architectures"}
-        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            if isinstance(kwargs.get(key), list):  # some configs list several eos ids
-                kwargs[key] = kwargs[key][0]
-        try:
-            return cls(**kwargs, extra=extra)
-        except TypeError as err:  # pragma: no cover - defensive
-            raise ConfigError(str(err)) from err
-
-    def to_json_file(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> MonetConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
-
-    def replace(self, **changes: Any) -> MonetConfig:
-        return dataclasses.replace(self, **changes)
 
 
 # ---------------------------------------------------------------------------- presets

@@ -8,17 +8,20 @@ its config class and the HF <-> hooked key renames of its layers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from jaxtyping import Float, Int
 from transformer_lens import HookedRootModule
 
 from monet_interp import loading
 from monet_interp.activation_cache import HookedActivationCache
-from monet_interp.components import KeyValueCache
+from monet_interp.components import Embed, KeyValueCache, RMSNorm, Unembed
+from monet_interp.components.hooks import hook_point
 from monet_interp.progress import progress_bar
 from monet_interp.tokenizer import MonetTokenizer
 
@@ -26,13 +29,31 @@ TextOrTokens = str | list[str] | torch.Tensor
 
 
 class HookedCausalLM(HookedRootModule):
-    """Base class; subclasses build ``embed``, ``hook_embed``, ``blocks``, ``ln_final``, ``unembed``."""
+    """Base class; subclasses build ``embed``, ``hook_embed``, ``blocks``, ``ln_final``, ``unembed``
+    (with :meth:`build`)."""
 
     config_class: Any = None  # has from_json_file / to_json_file
     layer_renames: loading.LayerRenames = loading.MONET_LAYER_RENAMES
     default_checkpoint = ""
 
     # ------------------------------------------------------------------ basics
+    def build(self, cfg: Any, tokenizer: MonetTokenizer | None, block: Callable[[Any, int], nn.Module],
+              device: str | torch.device | None) -> None:
+        """The shared layout: ``embed``, ``hook_embed``, ``blocks`` (``block(cfg, layer)`` each),
+        ``ln_final`` and ``unembed`` (tied to the embedding when the config says so); then
+        initialised weights, eval mode, hook setup, and ``device`` (default cpu)."""
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.embed = Embed(cfg.vocab_size, cfg.hidden_size)
+        self.hook_embed = hook_point()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList([block(cfg, layer) for layer in range(cfg.num_hidden_layers)])
+        self.ln_final = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.unembed = Unembed(cfg.vocab_size, cfg.hidden_size, tied_to=self.embed if cfg.tie_word_embeddings else None)
+        self.init_weights()
+        self.eval()
+        self.setup()
+        self.to(device or "cpu")
+
     def setup(self) -> None:
         """TransformerLens' setup, plus short aliases ``blocks.{l}.hook_X`` for the MoE hooks
         ``blocks.{l}.moe.hook_X`` (the names ``transformer_lens.utils.get_act_name("g_row", l)``
@@ -406,11 +427,16 @@ class HookedCausalLM(HookedRootModule):
                         dtype: torch.dtype | None = None):
         """Load an embedded checkpoint name, a local HF-format folder, or a hub id.
 
+        The checkpoint's ``model_type`` must be this class's (``monet_interp.load_model`` picks the
+        class by it).
+
         Floating-point weights are converted to ``dtype`` (default float32, also for the released
         bf16 checkpoints; pass dtype=torch.bfloat16 to keep them in bf16)."""
-        folder = loading.resolve_checkpoint(name_or_path or cls.default_checkpoint)
+        source = str(name_or_path or cls.default_checkpoint)
+        folder = loading.resolve_checkpoint(source)
         if not (folder / loading.CONFIG_NAME).is_file():
             raise loading.CheckpointError(f"{folder} has no {loading.CONFIG_NAME}")
+        loading.check_model_type(folder, cls.config_class.MODEL_TYPE, f"{cls.__name__}.from_pretrained", source)
         cfg = cls.config_class.from_json_file(folder / loading.CONFIG_NAME)
         with torch.device("meta"):
             model = cls(cfg, MonetTokenizer.from_folder(folder), device="meta")

@@ -197,3 +197,54 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
             raise CheckpointError(hub_error_message(str(name_or_path), err)) from err
     raise CheckpointError(f"no checkpoint named {str(name_or_path)!r}: not a folder, not an embedded checkpoint "
                           f"({', '.join(embedded_names()) or 'none'}), not a hub id")
+
+
+# ---------------------------------------------------------------------------- model types
+# config.json ``model_type`` -> (module, class) of the hooked model that loads it.
+MODEL_CLASSES: dict[str, tuple[str, str]] = {
+    "monet": ("monet_interp.model", "HookedMONET"),
+    "dense-llama": ("monet_interp.dense", "HookedDense"),
+}
+DEFAULT_MODEL_TYPE = "monet"  # a config.json without model_type (MONET's own configs always carry it)
+
+
+def read_model_type(folder: Path) -> str | None:
+    """The ``model_type`` of ``folder``'s config.json (DEFAULT_MODEL_TYPE when absent), or None when
+    the file is missing or not a JSON object (the config class then reports why)."""
+    try:
+        data = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data.get("model_type", DEFAULT_MODEL_TYPE) if isinstance(data, dict) else None
+
+
+def check_model_type(folder: Path, model_type: str, loader: str, source: str) -> None:
+    """CheckpointError (one line naming the right loader) when ``folder`` holds a known model type
+    other than ``model_type``; unknown types are left to the config class's own error."""
+    found = read_model_type(folder)
+    if found is None or found == model_type or found not in MODEL_CLASSES:
+        return
+    right = MODEL_CLASSES[found][1]
+    raise CheckpointError(f"{source} is a model_type {found!r} checkpoint, which {loader} cannot load "
+                          f"(it loads {model_type!r}); use {right}.from_pretrained({source!r}) or "
+                          f"monet_interp.load_model({source!r})")
+
+
+def model_class(model_type: str):
+    """The hooked model class for a config.json ``model_type``."""
+    from importlib import import_module
+
+    if model_type not in MODEL_CLASSES:
+        raise CheckpointError(f"unknown model_type {model_type!r}; known: {', '.join(sorted(MODEL_CLASSES))}")
+    module, name = MODEL_CLASSES[model_type]
+    return getattr(import_module(module), name)
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """HookedMONET or HookedDense, chosen by the ``model_type`` of the checkpoint's config.json
+    (an embedded name, a local HF-format folder or a hub id; arguments as in ``from_pretrained``)."""
+    folder = resolve_checkpoint(name_or_path)
+    model_type = read_model_type(folder)
+    if model_type is None:
+        raise CheckpointError(f"{folder} has no readable {CONFIG_NAME}")
+    return model_class(model_type).from_pretrained(folder, device=device, dtype=dtype)

@@ -14,10 +14,8 @@ layers), ``blocks.{l}.moe.hook_g_row/_col`` (the factors each layer uses, on eve
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from monet_interp.components import Embed, KeyValueCache, MonetBlock, RMSNorm, Unembed
-from monet_interp.components.hooks import hook_point
+from monet_interp.components import KeyValueCache, MonetBlock
 from monet_interp.components.router import RoutingFactors
 from monet_interp.config import MonetConfig
 from monet_interp.hooked_lm import HookedCausalLM, TextOrTokens
@@ -30,17 +28,7 @@ class HookedMONET(HookedCausalLM):
 
     def __init__(self, cfg: MonetConfig, tokenizer: MonetTokenizer | None = None, device: str | torch.device | None = None):
         super().__init__()
-        self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.embed = Embed(cfg.vocab_size, cfg.hidden_size)
-        self.hook_embed = hook_point()  # [batch, pos, d_model]
-        self.blocks = nn.ModuleList([MonetBlock(cfg, layer) for layer in range(cfg.num_hidden_layers)])
-        self.ln_final = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.unembed = Unembed(cfg.vocab_size, cfg.hidden_size, tied_to=self.embed if cfg.tie_word_embeddings else None)
-        self.init_weights()
-        self.eval()
-        self.setup()
-        self.to(device or "cpu")
+        self.build(cfg, tokenizer, MonetBlock, device)
 
     def set_router_batch_stats(self, enabled: bool) -> None:
         """Route with batch statistics (training MONET) instead of the stored running statistics."""

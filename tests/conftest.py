@@ -23,6 +23,17 @@ from naive_monet import random_hf_state, tiny_config_dict  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after it (tiny tensors: intra-op threads only add
+    synchronisation, badly so on a shared machine; some code under test sets its own count).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_released_folder(folder: Path, cfg: dict, state: dict[str, torch.Tensor]) -> Path:
     """Write config.json + model.safetensors exactly as a released checkpoint stores them."""
     from safetensors.torch import save_file

@@ -5,67 +5,17 @@ run with SAEs trained by SAELens for a few steps."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
+from tiny_models import hand_bank, tiny_corpus, tiny_dense
 
-from monet_interp.analyses.baselines import NeuronUnits, SAEBank, SAEUnits, collect_activations, sae_quality, train_saes
-from monet_interp.analyses.unlearning import InMemoryCorpus, Method, UnlearningError, run_unlearning, select_random
-from monet_interp.training.dense import DenseConfig, HookedDense
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from monet_interp.analyses.baselines import collect_activations, sae_quality, train_saes
+from monet_interp.analyses.unlearning import Method, UnlearningError, run_unlearning, select_random
+from monet_interp.units import NeuronUnits, SAEUnits, UnitError
 
 
-@functools.lru_cache(maxsize=None)
-def tiny_dense() -> HookedDense:
-    cfg = DenseConfig(vocab_size=48, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      max_position_embeddings=32, initializer_range=0.3, tie_word_embeddings=False)
-    model = HookedDense(cfg)
-    model.init_weights(seed=0)
-    return model.eval()
-
-
-def tiny_corpus(n_labels: int = 3, length: int = 400) -> InMemoryCorpus:
-    rng = np.random.default_rng(0)
-    width = 45 // n_labels
-    streams = {f"lab{k}": {sp: rng.integers(3 + k * width, 3 + (k + 1) * width, size=length)
-                           for sp in ("train", "val", "test")} for k in range(n_labels)}
-    return InMemoryCorpus(streams, kinds={f"lab{k}": "code" for k in range(n_labels)}, bytes_per_token=3.0)
-
-
-class LinearTopKSAE(torch.nn.Module):
-    """A hand-made SAE with SAELens' interface (encode, decode, W_dec, b_dec), for exactness tests."""
-
-    def __init__(self, d: int, d_sae: int, k: int, seed: int = 0):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.W_enc = torch.randn(d, d_sae, generator=gen)
-        self.b_enc = torch.randn(d_sae, generator=gen) * 0.1
-        self.W_dec = torch.randn(d_sae, d, generator=gen) * 0.3
-        self.b_dec = torch.randn(d, generator=gen) * 0.1
-        self.k = k
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
-        top = pre.topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return f @ self.W_dec + self.b_dec
-
-
-def hand_bank(model: HookedDense, d_sae: int = 24, k: int = 4) -> SAEBank:
-    saes = {layer: LinearTopKSAE(model.cfg.d_model, d_sae, k, seed=layer) for layer in range(model.cfg.n_layers)}
-    mean_active = {layer: torch.rand(d_sae, generator=torch.Generator().manual_seed(9)) + 0.5 for layer in saes}
-    return SAEBank(model, saes, mean_active)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TOKENS = torch.randint(3, 48, (2, 10), generator=torch.Generator().manual_seed(0))
@@ -108,7 +58,7 @@ def test_neuron_statistics_match_cache():
     act = cache["blocks.1.mlp.hook_post"].reshape(-1, units.width).double()
     assert torch.allclose(stats["mean"], act.mean(0))
     assert torch.allclose(stats["freq"], (act > 0).double().mean(0))
-    with pytest.raises(UnlearningError, match="no hook"):
+    with pytest.raises(UnitError, match="no hook"):
         NeuronUnits(model, hook_template="blocks.{layer}.mlp.hook_missing")
 
 
@@ -148,7 +98,7 @@ def test_sae_negative_clamp_changes_hook_by_decoder_rows():
     assert torch.allclose(zero - x, -f @ sae.W_dec[features], atol=1e-6)
     spliced = SAEUnits(bank, mode="spliced").intervention(1, torch.zeros(0, dtype=torch.long))(x, None)
     assert torch.allclose(spliced, sae.decode(sae.encode(x)), atol=1e-6)  # the reconstruction replaces x
-    with pytest.raises(UnlearningError):
+    with pytest.raises(UnitError):
         SAEUnits(bank, mode="replace")
 
 
@@ -171,7 +121,7 @@ def test_spliced_mode_costs_before_any_removal():
 
 def test_baselines_end_to_end_with_saelens():
     model = tiny_dense()
-    corpus = tiny_corpus(3)
+    corpus = tiny_corpus(3, kind="code", bytes_per_token=3.0)
     acts = collect_activations(model, corpus, [0, 1], tokens_per_label=64, seq_len=16)
     assert acts[0].shape == (3 * 4 * 16, 16)
     bank = train_saes(model, corpus, tokens_per_label=96, seq_len=16, expansion=2, k=4, steps=12, batch_size=64)

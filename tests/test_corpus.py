@@ -324,7 +324,9 @@ def test_registry_and_label_resolution() -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="monet-interp")
-    C.register_cli(p.add_subparsers(dest="command"))
+    from monet_interp.analyses.cli.corpus import register
+
+    register(p.add_subparsers(dest="command"))
     return p
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from expansion_reference import edited_weights, expert_outputs, expert_weights, naive_moe_output, naive_moes
+from tiny_models import cast_keeping_router_stats
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,14 +58,7 @@ def tiny_model(decompose: str, dtype: torch.dtype = torch.float32) -> HookedMONE
         for name, param in model.named_parameters():
             if ".moe." in name and (name.endswith(".bias") or name.endswith((".b", ".b1", ".b2"))):
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
-    if dtype != torch.float32:
-        model.to(dtype)
-        for block in model.blocks:  # the router normalises float32 logits with its running stats
-            if block.moe.router is not None:
-                for norm in (block.moe.router.norm1, block.moe.router.norm2):
-                    norm.running_mean.data = norm.running_mean.float()
-                    norm.running_var.data = norm.running_var.float()
-    return model
+    return cast_keeping_router_stats(model, dtype) if dtype != torch.float32 else model
 
 
 def tokens_for(seed: int = 0, shape=(2, 6)) -> torch.Tensor:

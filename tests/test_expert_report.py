@@ -25,19 +25,13 @@ from conftest import write_released_folder  # noqa: E402
 from naive_monet import expert_output  # noqa: E402
 
 from monet_interp import HookedMONET  # noqa: E402
-from monet_interp.analyses import expert_report as R  # noqa: E402
-from monet_interp.analyses import html_report as HR  # noqa: E402
+from monet_interp.analyses import report as R  # noqa: E402
+from monet_interp.data import CorpusSpecError  # noqa: E402
 
 SILENT_ROW = 7
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest (two threads thrash on shared, busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CTX = 24
 PLANTED_TEXTS = {
@@ -371,43 +365,43 @@ def test_neighbours_and_labels_in_page(built):
 def test_html_has_every_section_and_index_lists_every_expert(built, tmp_path):
     model, docs, windows, stats, pages, firing, silent, deep = built
     ordered = [pages[r] for r in sorted(pages)]
-    index = HR.write_report(tmp_path / "out", ordered, {"model": "tiny", "facts": {"experts": 3}})
+    index = R.write_report(tmp_path / "out", ordered, {"model": "tiny", "facts": {"experts": 3}})
     html = index.read_text()
     slugs = re.findall(r'<tr data-slug="([^"]+)"', html)
     assert sorted(slugs) == sorted(p["ref"]["slug"] for p in ordered)
     for href in re.findall(r'<a href="(experts/[^"]+)"', html):
         assert (tmp_path / "out" / href).is_file()
     assert "<script src=" not in html and "http" not in html.split("</style>")[1]  # no CDN, nothing remote
-    assert (tmp_path / "out" / HR.PLOTLY_ASSET).stat().st_size > 1_000_000
+    assert (tmp_path / "out" / R.PLOTLY_ASSET).stat().st_size > 1_000_000
     for page in ordered:
         text = (tmp_path / "out" / "experts" / f"{page['ref']['slug']}.html").read_text()
-        for section in HR.SECTIONS:
+        for section in R.SECTIONS:
             assert f'<section id="{section}"' in text, section
         assert text.count('class="plotly-graph-div"') == 3
-        assert f'src="../{HR.PLOTLY_ASSET}"' in text and "cdn" not in text.lower()
+        assert f'src="../{R.PLOTLY_ASSET}"' in text and "cdn" not in text.lower()
         assert len(re.findall(r'class="tok( focus)?"', text)) == sum(len(ex["tokens"]) for ex in page["top_contexts"]) + sum(
             len(ex["tokens"]) for iv in page["intervals"] for ex in iv["examples"])
         data = json.loads((tmp_path / "out" / "experts" / f"{page['ref']['slug']}.json").read_text())
         assert data == json.loads(json.dumps(page))
     silent_html = (tmp_path / "out" / "experts" / f"{silent.slug}.html").read_text()
     assert "never fired" in silent_html
-    inline = HR.render_expert_page(pages[firing], plotly="inline")
+    inline = R.render_expert_page(pages[firing], plotly="inline")
     assert "../assets" not in inline and len(inline) > 1_000_000
 
 
 def test_render_escapes_tokens():
     example = {"tokens": ["<b>", "\n", ""], "scores": [1.0, 0.0, 0.5], "head_scores": [[1.0], [0.0], [0.5]], "focus": 0}
-    out = HR.render_tokens(example, 1.0)
+    out = R.render_tokens(example, 1.0)
     assert "<b>" not in out and "&lt;b&gt;" in out and "\u21b5" in out and "\u2205" in out
     assert out.count('class="tok') == 3 and 'class="tok focus"' in out
 
 
 # ============================================================================ CLI
 def _cli(argv):
-    from monet_interp.analyses.report_cli import register_cli
+    from monet_interp.analyses.cli.experts import register
 
     parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     return parser.parse_args(argv)
 
 
@@ -433,7 +427,7 @@ def test_cli_builds_report_from_text_folder(model_vd, tmp_path, capsys):
 
 
 def test_cli_errors_are_clear(model_vd, tmp_path):
-    from monet_interp.analyses.cli import CliError
+    from monet_interp.analyses.cli.common import CliError
 
     folder = model_vd.checkpoint_path
     with pytest.raises(SystemExit):
@@ -451,7 +445,7 @@ def test_cli_errors_are_clear(model_vd, tmp_path):
     (tmp_path / "empty").mkdir()
     args = _cli(["experts", "--model", folder, "--corpus", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
                  "--experts", "0:1:0", "--no-progress"])
-    with pytest.raises(R.ReportError, match="neither a built corpus"):
+    with pytest.raises(CorpusSpecError, match="neither a built corpus"):
         args.func(args)
     args = _cli(["experts", "--model", folder, "--corpus", str(tmp_path / "texts"), "--out", str(tmp_path / "o"),
                  "--ctx-len", "9999", "--no-progress"])

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from monet_interp.analyses.main_report import ReportConfig, most_specific_experts, run_report
+from monet_interp.analyses.report.main import ReportConfig, most_specific_experts, run_report
 
 
 class _Stats:

@@ -7,22 +7,18 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import make_model, stand_in_corpus, stand_in_dense
 
 from monet_interp.analyses import monosemanticity as M
 from monet_interp.analyses import token_types as TT
-from monet_interp.stats import RoutingStats, UnitStats, compute_routing_stats, compute_unit_stats, dense_neurons
-from test_routing_stats import StandInCorpus, make_model
+from monet_interp.data import MemoryCorpus
+from monet_interp.stats import RoutingStats, UnitStats, compute_routing_stats, compute_unit_stats
+from monet_interp.units import dense_neurons
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ label metrics
@@ -166,7 +162,7 @@ def test_monosemanticity_table_synthetic():
 @pytest.fixture(scope="module")
 def routing():
     model = make_model(0)
-    corpus = StandInCorpus(0)
+    corpus = stand_in_corpus(0)
     return model, corpus, compute_routing_stats(model, corpus, seq_len=16, batch_size=4, top_k=2, doc_max=True,
                                                 progress=False)
 
@@ -217,12 +213,8 @@ def test_factor_purity_planted():
 
 
 def test_compare_experts_with_neurons(routing):
-    from monet_interp.training.dense import DenseConfig, HookedDense
-
     _, corpus, rs = routing
-    dense = HookedDense(DenseConfig(vocab_size=61, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
-                                    num_attention_heads=4, max_position_embeddings=64))
-    dense.init_weights(seed=1)
+    dense = stand_in_dense(seed=1)
     neurons = compute_unit_stats(dense, corpus, dense_neurons(dense, 0), seq_len=16, top_k=2, progress=False)
     tables = {"MONET experts": M.expert_table(rs), "dense neurons": M.monosemanticity_table(neurons)}
     assert tables["dense neurons"]["kind"].eq("neuron").all() and len(tables["dense neurons"]) == 24
@@ -233,11 +225,6 @@ def test_compare_experts_with_neurons(routing):
     assert {tr.name for tr in bars.data} == set(tables)
     summary = M.summary_table(tables)
     assert list(summary["unit_set"]) == list(tables) and (summary["active"] <= 1).all()
-    everything = M.analyse(rs, {"dense neurons": neurons}, n_shuffles=2)
-    assert set(everything["tables"]) == {"code"}  # the stand-in has one natural label only: skipped
-    assert set(everything["tables"]["code"]) == set(tables)
-    assert set(everything["factor"]["code"]) == set(range(rs.n_groups))
-    assert everything["token_types"] == {}
 
 
 # ------------------------------------------------------------------------------ token types
@@ -263,40 +250,28 @@ def test_pygments_char_and_token_classes():
     assert TT.type_counts(cls)["keyword"] >= 2
 
 
-class CodeCorpus:
-    """Stand-in corpus with texts, encoded by the committed tokenizer."""
+def code_corpus() -> MemoryCorpus:
+    """Code and English texts, encoded by the committed tokenizer (texts and tokenizer kept)."""
+    from tokenizers import Tokenizer
 
-    def __init__(self):
-        from tokenizers import Tokenizer
+    from monet_interp.data import DEFAULT_TOKENIZER_PATH
 
-        from monet_interp.data import DEFAULT_TOKENIZER_PATH
-
-        self.tok = Tokenizer.from_file(str(DEFAULT_TOKENIZER_PATH))
-        self.labels = ["python", "english"]
-        self.text = {"python": [CODE, "import os\nprint(os.sep, 3.5)\n", "x = [1, 2]  # list\n"],
-                     "english": ["The cat sat on the mat.", "A short sentence, with a comma."]}
-
-    def label_kind(self, label):
-        return "code" if label == "python" else "natural"
-
-    def texts(self, label, split="val", limit=None):
-        return list(self.text[label])[:limit]
-
-    def documents(self, label, split="val"):
-        return [np.array([1] + self.tok.encode(t, add_special_tokens=False).ids + [2]) for t in self.text[label]]
-
-    def tokenizer(self):
-        return self.tok
+    tok = Tokenizer.from_file(str(DEFAULT_TOKENIZER_PATH))
+    text = {"python": [CODE, "import os\nprint(os.sep, 3.5)\n", "x = [1, 2]  # list\n"],
+            "english": ["The cat sat on the mat.", "A short sentence, with a comma."]}
+    docs = {lab: [np.array([1] + tok.encode(t, add_special_tokens=False).ids + [2]) for t in texts]
+            for lab, texts in text.items()}
+    return MemoryCorpus.from_documents(docs, kinds={"python": "code", "english": "natural"}, texts=text, tokenizer=tok)
 
 
 def test_token_type_classes_through_the_routing_pass():
-    corpus = CodeCorpus()
+    corpus = code_corpus()
     typer = TT.PygmentsTokenTyper(corpus, split="val")
     assert typer.applies_to("python") and not typer.applies_to("english")
     doc = corpus.documents("python")[0]
     cls = typer.classes("python", 0, doc)
     assert len(cls) == len(doc) and cls[0] == -1 and cls[-1] == -1
-    model = make_model(0, vocab_size=corpus.tok.get_vocab_size(), max_position_embeddings=128)
+    model = make_model(0, vocab_size=corpus.tokenizer().get_vocab_size(), max_position_embeddings=128)
     rs = compute_routing_stats(model, corpus, seq_len=32, top_k=2, token_classes=typer, token_sample=1000,
                                progress=False)
     assert rs.class_names == list(TT.TOKEN_TYPES)
@@ -313,7 +288,7 @@ def test_token_type_classes_through_the_routing_pass():
     assert len(a) and ((a >= 0) & (a <= 1)).all()
     # wrong tokenizer => a clear error, not silent misalignment
     bad = TT.PygmentsTokenTyper(corpus, tokenizer=type("T", (), {"encode": lambda self, t, add_special_tokens:
-                                                                 corpus.tok.encode(t[1:], add_special_tokens=False)})())
+                                                                 corpus.tokenizer().encode(t[1:], add_special_tokens=False)})())
     with pytest.raises(ValueError, match="tokenizer"):
         bad.classes("python", 0, doc)
 

@@ -25,16 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest (two threads thrash on shared, busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("one_thread")]
 
 
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -219,8 +210,7 @@ def report_dir(released_folder, tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_expert_report import PLANTED_TEXTS, tiny_model
 
-    from monet_interp.analyses import expert_report as R
-    from monet_interp.analyses import html_report as HR
+    from monet_interp.analyses import report as R
 
     model = tiny_model(released_folder)
     docs, windows, _ = R.plan_report_windows(model, PLANTED_TEXTS, ctx_len=24)
@@ -229,7 +219,7 @@ def report_dir(released_folder, tmp_path):
     chosen = sorted(set(chosen) | {R.ExpertRef(1, 0, 0)})
     pages = R.build_report_data(model, windows, chosen, documents=docs, top_k=6)
     out = tmp_path / "report"
-    HR.write_report(out, pages, {"model": "tiny random MONET", "facts": {"experts": len(pages)}})
+    R.write_report(out, pages, {"model": "tiny random MONET", "facts": {"experts": len(pages)}})
     return out, pages
 
 

@@ -10,50 +10,23 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import BOS, EOS, PLANT, STAND_IN_CFG, make_model, stand_in_corpus, stand_in_dense
 
 from monet_interp import HookedMONET, MonetConfig
 from monet_interp.stats import (
-    MonetExpertUnits,
     RoutingStats,
     StatsMetadataError,
     UnitStats,
     compute_routing_stats,
     compute_unit_stats,
-    dense_neurons,
     merge_topk,
     plan_windows,
     sparse_expert_scores,
 )
-from monet_interp.stats.distributed import run_local
-from monet_interp.stats.routing_stats import POS_BITS, TopKBuffer, sample_mask
-
-BOS, EOS, PLANT = 1, 2, 60
-
-
-# ------------------------------------------------------------------------------------ fixtures
-class StandInCorpus:
-    """The methods of monet_interp.data.Corpus that the statistics use, on random documents."""
-
-    def __init__(self, seed: int = 0, n_docs: int = 5, max_len: int = 70, plants: dict | None = None):
-        rng = np.random.default_rng(seed)
-        self.labels = ["python", "english", "java"]
-        self.kinds = {"python": "code", "english": "natural", "java": "code"}
-        self.manifest = {"stand_in": True, "seed": seed}
-        self.docs = {}
-        for lab in self.labels:
-            docs = []
-            for _ in range(n_docs):
-                body = rng.integers(3, PLANT, int(rng.integers(3, max_len)))
-                docs.append(np.concatenate([[BOS], body, [EOS]]).astype(np.uint16))
-            self.docs[lab] = docs
-        for (lab, doc, pos) in (plants or {}):
-            self.docs[lab][doc][pos] = PLANT
-
-    def label_kind(self, label):
-        return self.kinds[label]
-
-    def documents(self, label, split="val"):
-        return list(self.docs[label])
+from monet_interp.stats.collectives import run_local
+from monet_interp.stats.stream import POS_BITS, sample_mask
+from monet_interp.stats.topk import TopKBuffer
+from monet_interp.units import dense_neurons, monet_experts
 
 
 class ModClasses:
@@ -68,36 +41,7 @@ class ModClasses:
         return np.asarray(tokens, dtype=np.int64) % 3
 
 
-CFG = dict(vocab_size=61, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, moe_dim=4, moe_heads=2,
-           moe_experts=8, moe_topk=3, moe_groups=2, max_position_embeddings=64)
-
-
-def make_model(seed: int = 0, **overrides) -> HookedMONET:
-    """Tiny MONET with threshold routing that keeps several experts per head (router weights of
-    std 1, BatchNorm running variances 5..20)."""
-    torch.manual_seed(seed)
-    model = HookedMONET(MonetConfig(**{**CFG, **overrides}))
-    model.init_weights(seed=seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for block in model.blocks:
-            router = block.moe.router
-            if router is not None:
-                for w in (router.w1.weight, router.w2.weight):
-                    w.copy_(torch.randn(w.shape, generator=gen))
-                for norm in (router.norm1, router.norm2):
-                    norm.running_var.copy_(5 + 15 * torch.rand(norm.running_var.shape, generator=gen))
-                    norm.running_mean.copy_(torch.randn(norm.running_mean.shape, generator=gen))
-    return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (badly so on a shared machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +51,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def corpus():
-    return StandInCorpus(0)
+    return stand_in_corpus(0)
 
 
 # ------------------------------------------------------------------------------------ reference
@@ -277,7 +221,7 @@ def test_max_tokens_and_windows(corpus):
 def _worker(rank, world, state, cfg, kwargs):
     model = HookedMONET(MonetConfig(**cfg))
     model.load_state_dict(state)
-    return compute_routing_stats(model.eval(), StandInCorpus(0), **kwargs)
+    return compute_routing_stats(model.eval(), stand_in_corpus(0), **kwargs)
 
 
 def test_distributed_two_processes_equal_single(model, corpus):
@@ -286,7 +230,7 @@ def test_distributed_two_processes_equal_single(model, corpus):
                   token_sample=40, progress=False)
     single = compute_routing_stats(model, corpus, **kwargs)
     # fork: the children reuse this process's imports (spawn would re-import torch and friends)
-    results = run_local(_worker, 2, {k: v.clone() for k, v in model.state_dict().items()}, CFG, kwargs,
+    results = run_local(_worker, 2, {k: v.clone() for k, v in model.state_dict().items()}, STAND_IN_CFG, kwargs,
                         start_method="fork")
     assert len(results) == 2
     for res in results:
@@ -307,7 +251,7 @@ def test_topk_planted_contexts(model):
     """Force expert (i*, j*) of group 0 to weight 1 in every head on planted tokens: it scores H
     there (the maximum), so those contexts come first, ties ordered by (doc, pos)."""
     plants = {("java", 3, 7): None, ("english", 1, 4): None}
-    corpus = StandInCorpus(0, plants=plants)
+    corpus = stand_in_corpus(0, plants=plants)
     istar, jstar = 5, 2
     H = model.cfg.moe_heads
     plant_mask = {}
@@ -351,7 +295,7 @@ def test_save_load_roundtrip_and_checks(model, corpus, tmp_path):
     with pytest.raises(StatsMetadataError, match="config"):
         RoutingStats.load(tmp_path / "s", model=make_model(seed=0, moe_topk=2))
     with pytest.raises(StatsMetadataError, match="different corpus"):
-        RoutingStats.load(tmp_path / "s", corpus=StandInCorpus(seed=1))
+        RoutingStats.load(tmp_path / "s", corpus=stand_in_corpus(seed=1))
     with pytest.raises(StatsMetadataError, match="unit_stats"):
         UnitStats.load(tmp_path / "s")
     data = (tmp_path / "s" / "arrays.npz").read_bytes()
@@ -364,7 +308,7 @@ def test_unit_stats_of_experts_equal_routing_view(model, corpus):
     rs = compute_routing_stats(model, corpus, seq_len=16, top_k=3, fire_threshold=0.05, doc_max=True,
                                token_classes=ModClasses(), token_sample=40, progress=False)
     view = rs.units(1)
-    us = compute_unit_stats(model, corpus, MonetExpertUnits(model.cfg, 1), seq_len=16, top_k=3, fire_threshold=0.05,
+    us = compute_unit_stats(model, corpus, monet_experts(model.cfg, 1), seq_len=16, top_k=3, fire_threshold=0.05,
                             token_classes=ModClasses(), token_sample=40, progress=False)
     np.testing.assert_allclose(us.act_sum, view.act_sum, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(us.fire_count, view.fire_count)
@@ -375,19 +319,15 @@ def test_unit_stats_of_experts_equal_routing_view(model, corpus):
     np.testing.assert_allclose(us.sample_act, view.sample_act, rtol=1e-6, atol=1e-7)
     assert view.unit_label(8 * 3 + 4) == "g1:(3,4)"
     # a subset of experts
-    sub = compute_unit_stats(model, corpus, MonetExpertUnits(model.cfg, 1, [(3, 4), 7]), seq_len=16, top_k=0,
+    sub = compute_unit_stats(model, corpus, monet_experts(model.cfg, 1, [(3, 4), 7]), seq_len=16, top_k=0,
                              fire_threshold=0.05, progress=False)
     np.testing.assert_allclose(sub.act_sum, view.act_sum[:, [28, 7]], rtol=1e-5, atol=1e-5)
     assert sub.unit_names == ["g1:(3,4)", "g1:(0,7)"]
 
 
 def test_unit_stats_dense_neurons(corpus, tmp_path):
-    from monet_interp.training.dense import DenseConfig, HookedDense
-
     torch.manual_seed(0)
-    dense = HookedDense(DenseConfig(vocab_size=61, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
-                                    num_attention_heads=4, max_position_embeddings=64))
-    dense.init_weights(seed=3)
+    dense = stand_in_dense(seed=3)
     units = dense_neurons(dense, layer=1)
     stats = compute_unit_stats(dense, corpus, units, seq_len=16, batch_size=3, top_k=3, progress=False)
     act_sum = np.zeros((3, 24))

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from monet_interp import HookedMONET
-from monet_interp.analyses.baselines import hook_width, splice_sae, train_sae_with_runner
+from monet_interp.analyses.baselines import hook_width, train_sae_with_runner
+from monet_interp.units import splice_sae
 
 WINDOWS = torch.randint(3, 4096, (24, 33), generator=torch.Generator().manual_seed(0))
 TOKENS = WINDOWS[:2, :12]

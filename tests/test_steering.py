@@ -11,28 +11,25 @@ import numpy as np
 import pytest
 import torch
 from expansion_reference import expert_outputs
+from tiny_models import cast_keeping_router_stats
 
 from monet_interp import HookedMONET, MonetConfig, MonetTokenizer
+from monet_interp.editing.interventions import AddVector, ExpertBoost, Top1Replace, replace_top1
+from monet_interp.editing.router_steering import RouterLogitSteer, force_router_logits
 from monet_interp.analyses.steering import (
-    AddVector,
-    ExpertBoost,
     LabelStats,
-    RouterLogitSteer,
     SteeringConfig,
     SteeringResult,
-    Top1Replace,
     collect_label_stats,
     diffmean_vectors,
-    force_router_logits,
     is_top1,
-    replace_top1,
     run_steering,
     select_monet_experts,
     select_sae_features,
     select_top1_targets,
     text_windows,
 )
-from monet_interp.analyses.steering_metrics import (
+from monet_interp.analyses.steering.metrics import (
     NgramNaiveBayes,
     characteristic_tokens,
     concept_score,
@@ -56,13 +53,7 @@ def tiny_model(decompose: str = "vertical", routing: str = "threshold", seed: in
                       moe_routing=routing, max_position_embeddings=64, initializer_range=0.3, pad_token_id=0)
     model = HookedMONET(cfg, tokenizer)
     model.init_weights(seed)
-    model.to(torch.float64)
-    for block in model.blocks:  # the router normalises float32 logits with its running stats
-        if block.moe.router is not None:
-            for norm in (block.moe.router.norm1, block.moe.router.norm2):
-                norm.running_mean.data = norm.running_mean.float()
-                norm.running_var.data = norm.running_var.float()
-    return model
+    return cast_keeping_router_stats(model, torch.float64)
 
 
 @pytest.fixture
@@ -213,8 +204,8 @@ def test_router_logit_steering_routes_through_the_router(routing):
         assert torch.equal(steered[0]["g_row"], base[0]["g_row"])  # group 0 untouched
         moe_in = steered[router_layer]["moe_in"]
         rows, cols = router.logits(moe_in)
-        rows = force_router_logits(rows, {head: [ti]}, mode, alpha)
-        cols = force_router_logits(cols, {head: [tj]}, mode, alpha)
+        rows = force_router_logits(rows, {head: [ti]}, mode, alpha, router, "row")
+        cols = force_router_logits(cols, {head: [tj]}, mode, alpha, router, "col")
         want = router.route_from_logits(rows, cols)
         for layer in (router_layer, router_layer + 1):  # the whole group routes the forced way
             torch.testing.assert_close(steered[layer]["g_row"], want.g_row.to(torch.float64))
@@ -229,7 +220,7 @@ def test_router_logit_steering_routes_through_the_router(routing):
         assert torch.equal(g_row[..., 0, :] > 0, base[router_layer]["g_row"][..., 0, :] > 0)
     assert RouterLogitSteer({group: {head: (ti, tj)}}).context(model, 0.0).__class__ is contextlib.nullcontext
     with pytest.raises(ValueError, match="routing group 5"):
-        RouterLogitSteer({5: {0: (1, 1)}}).hooks(model.cfg, 1.0)
+        RouterLogitSteer({5: {0: (1, 1)}}).hooks(model, 1.0)
 
 
 # ---------------------------------------------------------------------------- vectors (DiffMean, SAE)
@@ -484,11 +475,11 @@ def test_text_windows_exact_length():
 
 
 def test_cli_registers_and_validates():
-    from monet_interp.analyses import steering_cli
+    from monet_interp.analyses.cli import steering as steering_cli
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    steering_cli.register_cli(sub)
+    steering_cli.register(sub)
     args = parser.parse_args(["steer", "run", "--models", "monet-vd-tiny", "--corpus", "data/corpus",
                               "--concepts", "python", "c", "--alphas", "0", "1", "2", "--n-prompts", "4"])
     assert args.func is not None and args.alphas == [0.0, 1.0, 2.0] and args.concepts == ["python", "c"]

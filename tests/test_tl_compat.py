@@ -15,8 +15,7 @@ import torch
 from transformer_lens import patching
 from transformer_lens.utilities import test_prompt as tl_test_prompt
 
-from monet_interp import HookedMONET
-from monet_interp.training.dense import load_any_pretrained
+from monet_interp import HookedMONET, load_model
 
 PROMPT = "def main():\n    return x"
 ATOL = 2e-4
@@ -29,7 +28,7 @@ def vd() -> HookedMONET:
 
 @functools.lru_cache(maxsize=None)
 def run(name: str = "monet-vd-tiny"):
-    model = vd() if name == "monet-vd-tiny" else load_any_pretrained(name)
+    model = vd() if name == "monet-vd-tiny" else load_model(name)
     tokens = model.to_tokens([PROMPT, "import os\nprint(os.pa"])
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens)

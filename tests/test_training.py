@@ -9,20 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from monet_interp import HookedMONET, MonetConfig
+from monet_interp import HookedMONET, MonetConfig, load_model
+from monet_interp.analyses.cli.train import register
 from monet_interp.components.router import RoutingFactors
+from monet_interp.dense import DenseConfig, HookedDense, matched_dense_config
 from monet_interp.training import (
-    DenseConfig,
-    HookedDense,
     TrainConfig,
     ambiguity_loss,
     build_model,
     expert_health,
     find_checkpoint,
-    load_any_pretrained,
-    matched_dense_config,
     neuron_health,
-    register_cli,
     routing_aux_losses,
     token_byte_lengths,
     train,
@@ -70,13 +67,7 @@ def tiny_config(tmp_path, model="vd", **changes) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and on a shared machine, two threads oversubscribe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +175,7 @@ def test_saved_checkpoint_reloads_bit_identically(tmp_path, corpus, kind):
     result = train(tiny_config(tmp_path, kind, steps=4, test_windows=0, health_batches=0), corpus)
     loader = HookedDense if kind == "dense" else HookedMONET
     loaded = loader.from_pretrained(result.out)
-    assert type(load_any_pretrained(result.out)) is loader
+    assert type(load_model(result.out)) is loader
     original = result.model.state_dict()
     for name, tensor in loaded.state_dict().items():
         assert tensor.dtype == original[name].dtype and torch.equal(tensor, original[name]), name
@@ -272,7 +263,7 @@ def test_token_byte_lengths_are_exact_for_byte_level_bpe():
 
 def test_cli_builds_a_train_config(monkeypatch, tmp_path):
     parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "--model", "top1", "--corpus", "c", "--out", str(tmp_path), "--steps", "7",
                               "--lr", "0.002", "--labels", "python,go", "--quiet"])
     seen = {}

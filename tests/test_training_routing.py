@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from reference_training import PlainLM, aux_losses  # noqa: E402
-from test_training import ToyCorpus, one_thread, tiny_config  # noqa: E402,F401  (one_thread: autouse fixture)
+from test_training import ToyCorpus, tiny_config  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- router selection bias
@@ -275,10 +277,10 @@ def test_train_config_rejects_bad_routing_options(tmp_path, changes, message):
 def test_cli_exposes_the_routing_options(tmp_path):
     import argparse
 
-    from monet_interp.training import register_cli
+    from monet_interp.analyses.cli.train import register
 
     parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers())
+    register(parser.add_subparsers())
     args = parser.parse_args(["train", "--out", str(tmp_path), "--balance-rate", "0.01", "--z-loss-weight", "1e-3",
                               "--routing-warmup-steps", "7", "--label-power", "0.5", "--precision", "bfloat16"])
     assert (args.balance_rate, args.z_loss_weight, args.routing_warmup_steps, args.label_power, args.precision) == (

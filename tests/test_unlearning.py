@@ -4,22 +4,16 @@ computations, and a small end-to-end sweep with tables, figures and HTML."""
 
 from __future__ import annotations
 
-import functools
 import math
 
-import numpy as np
 import pytest
 import torch
 from expansion_reference import edited_weights, naive_moes
+from tiny_models import tiny_corpus, tiny_model
 
-from monet_interp import HookedMONET, MonetConfig
 from monet_interp.analyses.unlearning import (
-    EvalSet,
-    ExpertUnits,
-    InMemoryCorpus,
     Method,
     UnlearningError,
-    evaluate_sets,
     expert_methods,
     rank_units,
     ratio_scores,
@@ -28,48 +22,12 @@ from monet_interp.analyses.unlearning import (
     select_2x,
     select_random,
     select_ratio,
-    token_windows,
 )
+from monet_interp.evaluation import EvalSet, EvaluationError, evaluate_sets, token_windows
+from monet_interp.units import ExpertUnits, UnitError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: far faster than two on a machine shared by several jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_cfg(decompose: str = "vertical", experts: int = 6, heads: int = 2, layers: int = 3) -> MonetConfig:
-    return MonetConfig(vocab_size=48, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, moe_dim=4,
-                       moe_heads=heads, moe_experts=experts, moe_topk=2, moe_groups=2, moe_decompose=decompose,
-                       max_position_embeddings=32, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_model(decompose: str = "vertical") -> HookedMONET:
-    """3 layers in 2 routing groups (layers 0-1, 2), E=6, H=2, random MoE biases."""
-    model = HookedMONET(tiny_cfg(decompose))
-    model.init_weights(seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".moe." in name and name.endswith((".bias", ".b", ".b1", ".b2")):
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
-    return model.eval()
-
-
-def tiny_corpus(n_labels: int = 3, length: int = 400, vocab: int = 48) -> InMemoryCorpus:
-    """Labels whose tokens come from disjoint ranges (so they are easy to tell apart)."""
-    rng = np.random.default_rng(0)
-    width = (vocab - 3) // n_labels
-    streams = {}
-    for k in range(n_labels):
-        lo = 3 + k * width
-        streams[f"lab{k}"] = {sp: rng.integers(lo, lo + width, size=length) for sp in ("train", "val", "test")}
-    kinds = {f"lab{k}": ("code" if k % 2 == 0 else "natural") for k in range(n_labels)}
-    return InMemoryCorpus(streams, kinds=kinds, bytes_per_token=2.0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ============================================================================================
@@ -122,18 +80,18 @@ def test_ratio_rule_planted_and_eps():
 
 
 def test_budget_point_and_refinement():
-    from monet_interp.analyses.unlearning import _budget_point, _refine_target
+    from monet_interp.analyses.unlearning import budget_point, refine_target
 
     def pt(n, forget, retain):
         return {"n_removed": n, "d_forget_top1": forget, "d_retain_top1": retain}
 
     curve = [pt(10, -1.0, -0.1), pt(20, -3.0, -0.9), pt(40, -6.0, -2.5), pt(80, -9.0, -7.0)]
-    assert _budget_point(curve, 1.0) == 1  # the largest forget drop within the retain budget
-    assert _budget_point(curve, 3.0) == 2
-    assert _refine_target(curve, 1.0) == 28  # geometric mean of 20 and 40
-    assert _refine_target(curve + [pt(28, -4.0, -1.5)], 1.0) == 24
-    assert _refine_target([pt(10, -1.0, -2.0)], 1.0) == 5  # all over budget: look below
-    assert _refine_target([pt(10, -1.0, -0.2)], 1.0) is None
+    assert budget_point(curve, 1.0) == 1  # the largest forget drop within the retain budget
+    assert budget_point(curve, 3.0) == 2
+    assert refine_target(curve, 1.0) == 28  # geometric mean of 20 and 40
+    assert refine_target(curve + [pt(28, -4.0, -1.5)], 1.0) == 24
+    assert refine_target([pt(10, -1.0, -2.0)], 1.0) == 5  # all over budget: look below
+    assert refine_target([pt(10, -1.0, -0.2)], 1.0) is None
 
 
 def test_random_rule_count_distinct_reproducible():
@@ -155,7 +113,7 @@ def test_resolve_labels_and_windows():
     w = token_windows(corpus, "lab1", "val", 100, 16)
     assert w.shape == (7, 17) and w.dtype == torch.int64
     assert torch.equal(w[0], torch.as_tensor(corpus.tokens("lab1", "val")[:17]))
-    with pytest.raises(UnlearningError, match="fewer than"):
+    with pytest.raises(EvaluationError, match="fewer than"):
         token_windows(corpus, "lab1", "val", 100, 1000)
 
 
@@ -197,7 +155,7 @@ def test_expert_edits_decode_units():
     assert (edit.i, edit.j, edit.layer, edit.group) == (3, 4, 2, None)
     frame = per_head.describe(torch.tensor(u))
     assert list(frame.columns) == ["unit", "group", "head", "i", "j", "flat_id"]
-    with pytest.raises(UnlearningError):
+    with pytest.raises(UnitError):
         ExpertUnits(model, scope="group", layers=[0])
 
 
@@ -252,7 +210,7 @@ def test_evaluate_sets_matches_manual_metrics():
     assert row["top1"] == pytest.approx(float(top1))
     assert row["top10"] == pytest.approx(float(top10))
     assert row["top1_skip"] == pytest.approx(float(top1_skip))
-    with pytest.raises(UnlearningError, match="vocabulary"):
+    with pytest.raises(EvaluationError, match="vocabulary"):
         evaluate_sets(model, [EvalSet("a", windows + 100, common, 2.0)])
 
 
@@ -337,10 +295,10 @@ def test_routing_stats_adapter():
 def test_cli_registers_unlearn():
     import argparse
 
-    from monet_interp.analyses.unlearning_cli import register_cli
+    from monet_interp.analyses.cli.unlearning import register
 
     parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["unlearn", "--forget", "python,news_sport", "--model", "m", "--corpus", "c",
                               "--out", "o", "--methods", "2x,ratio-iter", "--fractions", "0.01,0.02"])
     assert args.command == "unlearn" and args.methods == ["2x", "ratio-iter"] and args.fractions == (0.01, 0.02)

@@ -109,6 +109,33 @@ class MonetRouter(nn.Module):
         gates = torch.zeros_like(probs).scatter(-1, choice, probs.gather(-1, choice))
         return gates, probs
 
+    def selection_affine(self, side: str) -> tuple[
+        Float[torch.Tensor, "head 1"], Float[torch.Tensor, "head 1"], Float[torch.Tensor, "head expert"]
+    ]:
+        """(scale, center, bias) with selection score = scale * (raw logit - center) + bias, per side.
+
+        side "row" (g1: norm1, selection_bias1) or "col" (g2). "threshold": the BatchNorm with
+        running statistics (scale = 1/sqrt(running_var + eps), center = running_mean, per head);
+        "topk"/"top1": the raw logit (scale 1, center 0). bias: the selection bias (zeros without
+        one). The values of g never see it: they stay the softmax of the raw logits."""
+        if side not in ("row", "col"):
+            raise ValueError(f"side must be 'row' or 'col', got {side!r}")
+        norm, bias = (self.norm1, self.selection_bias1) if side == "row" else (self.norm2, self.selection_bias2)
+        if bias is None:
+            bias = torch.zeros(self.n_heads, self.n_experts, device=norm.running_mean.device)
+        if self.routing == "threshold":
+            return torch.rsqrt(norm.running_var + norm.eps)[:, None], norm.running_mean[:, None], bias
+        flat = torch.zeros(self.n_heads, 1, device=bias.device)
+        return flat + 1, flat, bias
+
+    @property
+    def selection_floor(self) -> float | None:
+        """The score below which an expert is dropped whatever the others score ("threshold":
+        sigma * threshold_scale; None for "topk"/"top1", which rank instead)."""
+        if self.routing == "threshold" and self.sigma is not None:
+            return self.sigma * self.threshold_scale
+        return None
+
     def forward(self, x: Float[torch.Tensor, "batch pos d_model"]) -> RoutingFactors:
         logits_row, logits_col = self.logits(x)
         return self.route_from_logits(logits_row, logits_col)

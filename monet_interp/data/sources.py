@@ -404,31 +404,30 @@ def chunk_text(text: str, target: int = NATURAL_CHUNK_BYTES, max_bytes: int = NA
     if len(text.encode("utf-8")) <= 2 * target:
         return [text]
     paras = re.split(r"\n\s*\n", text)
+    pieces: list[str] = []
+    for para in paras:
+        huge = len(para.encode("utf-8")) > max_bytes  # a huge paragraph: split at line ends
+        pieces += _pack(para.split("\n"), target, "\n", clip_above=max_bytes) if huge else [para]
+    return _pack(pieces, target, "\n\n")
+
+
+def _pack(pieces: Iterable[str], target: int, sep: str, clip_above: int | None = None) -> list[str]:
+    """Join consecutive pieces with ``sep`` into chunks of about ``target`` bytes: a chunk is closed
+    before the piece (counted with its separator) that would take it past ``target``. With
+    ``clip_above``, a piece above that size is cut to its first ``clip_above // 4`` characters
+    (it still counts its full size)."""
     out: list[str] = []
     cur: list[str] = []
     size = 0
-    for para in paras:
-        pieces = [para]
-        if len(para.encode("utf-8")) > max_bytes:  # a huge paragraph: split at line ends
-            pieces, buf, bsize = [], [], 0
-            for line in para.split("\n"):
-                lb = len(line.encode("utf-8")) + 1
-                if buf and bsize + lb > target:
-                    pieces.append("\n".join(buf))
-                    buf, bsize = [], 0
-                buf.append(line[: max_bytes // 4] if lb > max_bytes else line)
-                bsize += lb
-            if buf:
-                pieces.append("\n".join(buf))
-        for piece in pieces:
-            pb = len(piece.encode("utf-8")) + 2
-            if cur and size + pb > target:
-                out.append("\n\n".join(cur))
-                cur, size = [], 0
-            cur.append(piece)
-            size += pb
+    for piece in pieces:
+        nbytes = len(piece.encode("utf-8")) + len(sep)
+        if cur and size + nbytes > target:
+            out.append(sep.join(cur))
+            cur, size = [], 0
+        cur.append(piece[: clip_above // 4] if clip_above is not None and nbytes > clip_above else piece)
+        size += nbytes
     if cur:
-        out.append("\n\n".join(cur))
+        out.append(sep.join(cur))
     return out
 
 
@@ -1147,18 +1146,7 @@ def read_dictd(dict_path: Path, index_path: Path) -> list[tuple[str, str]]:
 def _group_lines(prefix: str, items: Sequence[str], target: int = NATURAL_CHUNK_BYTES,
                  path: Path | None = None) -> list[Candidate]:
     """Pack short items (glosses, entries) into documents of about ``target`` bytes."""
-    docs: list[str] = []
-    cur: list[str] = []
-    size = 0
-    for it in items:
-        b = len(it.encode("utf-8")) + 1
-        if cur and size + b > target:
-            docs.append("\n".join(cur))
-            cur, size = [], 0
-        cur.append(it)
-        size += b
-    if cur:
-        docs.append("\n".join(cur))
+    docs = _pack(items, target, "\n")
     return [Candidate(key=f"{prefix}:{i:05d}", load=(lambda d=d: [d]), size=len(d),
                       path=None if path is None else str(path)) for i, d in enumerate(docs)]
 

@@ -8,7 +8,9 @@
 
 spec.py: ExpertEdit / EditSet (plain data, JSON, validation); plan.py: per-layer plans;
 engine.py: the edited mixes (correction list, sparse and dense mask-GEMM; torch or Triton);
-context.py: edit_experts / run_with_edits; attribution.py: expert_attribution.
+context.py: edit_experts / run_with_edits; attribution.py: expert_attribution;
+interventions.py / router_steering.py: steering interventions (ExpertBoost, Top1Replace, AddVector,
+RouterLogitSteer) as context managers for generation.
 
 The edit data types import eagerly (no torch, no TransformerLens); the rest loads on first use.
 """
@@ -33,13 +35,18 @@ _LAZY = {
     "edit_experts": "monet_interp.editing.context",
     "run_with_edits": "monet_interp.editing.context",
     "LayerEdit": "monet_interp.editing.engine",
-    "edited_mix_hd": "monet_interp.editing.engine",
-    "edited_mix_vd": "monet_interp.editing.engine",
     "kernels_available": "monet_interp.editing.engine",
     "masked_mix_torch": "monet_interp.editing.engine",
     "EditPlan": "monet_interp.editing.plan",
     "LayerPlan": "monet_interp.editing.plan",
     "compile_plan": "monet_interp.editing.plan",
+    "AddVector": "monet_interp.editing.interventions",
+    "ExpertBoost": "monet_interp.editing.interventions",
+    "Intervention": "monet_interp.editing.interventions",
+    "Top1Replace": "monet_interp.editing.interventions",
+    "replace_top1": "monet_interp.editing.interventions",
+    "RouterLogitSteer": "monet_interp.editing.router_steering",
+    "force_router_logits": "monet_interp.editing.router_steering",
 }
 
 __all__ = [

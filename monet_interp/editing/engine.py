@@ -342,15 +342,3 @@ class LayerEdit:
         z11, z22 = r[..., None] * x_row, c[..., None] * x_col
         shape = lambda t: t.reshape(*lead, *t.shape[1:])  # noqa: E731
         return shape(z11), shape(z12), shape(r), shape(z21), shape(z22), shape(c)
-
-
-def edited_mix_hd(x: Tensor, g_row: Tensor, g_col: Tensor, plan: LayerPlan, path: str = "auto",
-                  backend: str = "torch") -> tuple[Tensor, Tensor]:
-    """Functional form of LayerEdit(plan).mix_hd (for tests and kernels work)."""
-    return LayerEdit(plan, backend, path).mix_hd(x, g_row, g_col)
-
-
-def edited_mix_vd(x_row: Tensor, x_col: Tensor, g_row: Tensor, g_col: Tensor, plan: LayerPlan,
-                  path: str = "auto", backend: str = "torch") -> tuple[Tensor, ...]:
-    """Functional form of LayerEdit(plan).mix_vd."""
-    return LayerEdit(plan, backend, path).mix_vd(x_row, x_col, g_row, g_col)

@@ -1,5 +1,5 @@
 """``python -m monet_interp.training ARGS``: the ``monet-interp train`` command."""
 
-from monet_interp.training.trainer import main
+from monet_interp.training.cli_args import main
 
 raise SystemExit(main())

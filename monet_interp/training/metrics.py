@@ -1,4 +1,5 @@
-"""Bits per byte: per-token byte lengths of a byte-level BPE vocabulary and per-label evaluation.
+"""Bits per byte of the training runs: per-label evaluation on sampled or evenly spread windows
+(the formula and the per-token byte lengths are in :mod:`monet_interp.evaluation`).
 
 bits per byte of a text = (sum over predicted tokens of -log2 p(token)) / (UTF-8 bytes of those
 tokens). Byte lengths come from the tokenizer itself (exact for byte-level BPE: every token is a
@@ -9,7 +10,6 @@ the token count (the figure is then bits per token, and the result says so).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,43 +17,7 @@ import numpy as np
 import torch
 from jaxtyping import Int
 
-
-def _byte_level_alphabet() -> dict[str, int]:
-    """Map each character of the byte-level BPE alphabet back to its byte.
-
-    Bytes that print as themselves (``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``) keep their code
-    point; the other 68 bytes are assigned code points 256, 257, ... in increasing byte order.
-    """
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAC + 1)) | set(range(0xAE, 0xFF + 1))
-    mapping, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            mapping[chr(byte)] = byte
-        else:
-            mapping[chr(256 + extra)] = byte
-            extra += 1
-    return mapping
-
-
-def token_byte_lengths(tokenizer: Any, vocab_size: int | None = None) -> Int[torch.Tensor, " vocab"]:
-    """UTF-8 byte length of every token id (0 for special tokens and ids the tokenizer lacks).
-
-    ``tokenizer`` is a ``tokenizers.Tokenizer`` or a MonetTokenizer wrapping one."""
-    backend = getattr(tokenizer, "_backend", tokenizer)
-    size = vocab_size if vocab_size is not None else backend.get_vocab_size(with_added_tokens=True)
-    special = {index for index, added in backend.get_added_tokens_decoder().items() if added.special}
-    alphabet = _byte_level_alphabet()
-    byte_level = type(backend.decoder).__name__ == "ByteLevel"
-    lengths = torch.zeros(size, dtype=torch.long)
-    for index in range(size):
-        piece = backend.id_to_token(index)
-        if piece is None or index in special:
-            continue
-        if byte_level and all(ch in alphabet for ch in piece):
-            lengths[index] = len(piece)
-        else:  # not byte-level: decode (exact for whole-character tokens)
-            lengths[index] = len(backend.decode([index], skip_special_tokens=False).encode("utf-8"))
-    return lengths
+from monet_interp.evaluation import bits_per_byte
 
 
 @torch.no_grad()
@@ -68,7 +32,7 @@ def nll_and_bytes(model: Any, batch: Int[torch.Tensor, "batch window"],
 
 
 def _summarise(nll: float, n_bytes: float, n_tokens: int) -> dict[str, float]:
-    return {"bpb": nll / math.log(2) / max(n_bytes, 1.0), "loss": nll / max(n_tokens, 1), "tokens": float(n_tokens),
+    return {"bpb": bits_per_byte(nll, n_bytes), "loss": nll / max(n_tokens, 1), "tokens": float(n_tokens),
             "bytes": n_bytes}
 
 

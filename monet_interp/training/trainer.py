@@ -46,7 +46,6 @@ per-label validation and test bits per byte, expert health) and ``history.jsonl`
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -68,11 +67,12 @@ from monet_interp import loading
 from monet_interp.config import MonetConfig
 from monet_interp.model import HookedMONET
 from monet_interp.tokenizer import MonetTokenizer
-from monet_interp.training.dense import HookedDense, matched_dense_config
+from monet_interp.dense import HookedDense, matched_dense_config
 from monet_interp.training.health import format_health, health_summary, model_health
 from monet_interp.training.losses import (AUX_WEIGHT, BALANCE_TARGETS, balance_bias_step, expert_load, max_load_violation,
                                           router_z_loss, routing_aux_losses)
-from monet_interp.training.metrics import evaluate_sampled, evaluate_windows, mean_bpb, token_byte_lengths
+from monet_interp.evaluation import token_byte_lengths
+from monet_interp.training.metrics import evaluate_sampled, evaluate_windows, mean_bpb
 
 MODEL_KINDS = ("vd", "hd", "top1", "dense")
 STATE_NAME = "trainer_state.pt"
@@ -620,72 +620,3 @@ def _manifest(config: TrainConfig, model: Any, corpus: Any, history: list[dict],
         "health": health,
         "final_train_lm_loss": next((h["lm_loss"] for h in reversed(history) if "lm_loss" in h), None),
     }
-
-
-# ---------------------------------------------------------------------------- CLI
-_CLI_FIELDS = ("steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip",
-               "aux_weight", "unif_probs", "z_loss_weight", "balance_rate", "balance_target", "routing_warmup_steps",
-               "label_power", "seed", "d_model", "n_layers", "n_heads", "moe_experts", "moe_heads", "moe_dim",
-               "moe_topk", "moe_groups", "routing", "d_mlp", "max_position_embeddings", "eval_every",
-               "eval_batches", "eval_batch_size", "test_windows", "health_batches", "checkpoint_every", "device",
-               "precision", "threads", "stop_after", "tokenizer")
-
-
-def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``train`` to an argparse subparsers object (``args.func(args)`` runs it)."""
-    defaults = TrainConfig()
-    parser = subparsers.add_parser(
-        "train", help="train a MONET (vd, hd, top1) or dense baseline model on a corpus",
-        description="Train a model with L = L_LM + lambda (L_unif + L_amb); checkpoints are resumable "
-                    "(--resume) and loadable with HookedMONET.from_pretrained / HookedDense.from_pretrained.")
-    parser.add_argument("--model", choices=MODEL_KINDS, default="vd")
-    parser.add_argument("--corpus", default=defaults.corpus, help="corpus directory (monet-interp corpus build)")
-    parser.add_argument("--out", required=True, help="output directory (final model + checkpoint/)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    parser.add_argument("--labels", default=None, help="comma-separated labels to train on (default: all)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    for name in _CLI_FIELDS:
-        default = getattr(defaults, name)
-        kind = {"routing": str, "unif_probs": str, "device": str, "precision": str, "tokenizer": str, "d_mlp": int,
-                "threads": int, "stop_after": int, "balance_target": str}.get(name, type(default))
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
-                            choices={"routing": ("threshold", "topk", "top1"), "unif_probs": ("routed", "softmax"),
-                                     "precision": ("auto", "float32", "bfloat16"),
-                                     "balance_target": BALANCE_TARGETS}.get(name),
-                            help=f"(default: {default})")
-    parser.set_defaults(func=_cli_train)
-    return parser
-
-
-def _cli_train(args: argparse.Namespace) -> int:
-    fields = {name: getattr(args, name) for name in _CLI_FIELDS}
-    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
-    config = TrainConfig(model=args.model, corpus=args.corpus, out=args.out, resume=args.resume, labels=labels,
-                         progress=not args.quiet, **fields)
-    result = train(config)
-    if not result.finished:
-        print(f"stopped after step {config.stop_after}; continue with --resume")
-    else:
-        print(f"wrote {result.out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m monet_interp.training [train] ARGS`` (the same as ``monet-interp train ARGS``)."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] != ["train"]:
-        argv = ["train", *argv]
-    parser = argparse.ArgumentParser(prog="python -m monet_interp.training")
-    register_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as err:  # includes ConfigError and CheckpointError
-        print(f"train: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""``monet-interp unlearn``: forget labels by deleting MONET experts, against fair baselines.
+
+    monet-interp unlearn --forget python,news_sport --model monet-vd-tiny --corpus data/corpus --out runs/unlearning
+    python -m monet_interp.analyses.cli.unlearning --forget python ...   (same, without the main parser)
+    monet-interp unlearn --forget all --model monet-vd-tiny --top1-model monet-top1-tiny \\
+        --dense-model dense-tiny --corpus data/corpus --out runs/unlearning
+
+Writes summary.csv, points.csv, curves.csv, clean.csv, overview.csv, selections.json,
+settings.json, unlearning.html and README_table.md into --out, and prints the overview and the
+Markdown tables (dTarget / dOthers per forgotten label and method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from monet_interp.analyses.unlearning import DEFAULT_FRACTIONS, RULES, STATISTICS
+from monet_interp.units import HEAD_MODES, SCOPES
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``unlearn`` subcommand (its action is ``args.func(args)``)."""
+    p = subparsers.add_parser("unlearn", help="forget labels by deleting experts; compare with dense/SAE baselines",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--forget", default="all", help="labels to forget: comma-separated names, 'all', 'code', 'natural'")
+    p.add_argument("--labels", default=None, help="labels measured and used as rivals/retain set (default: all)")
+    p.add_argument("--model", default="monet-vd-tiny", help="MONET model (embedded name, folder or hub id)")
+    p.add_argument("--top1-model", default=None, help="a top-1 MONET model, forgotten with the 2x rule")
+    p.add_argument("--dense-model", default=None, help="dense baseline model (neurons, and SAEs on its MLP outputs)")
+    p.add_argument("--corpus", default="data/corpus", help="corpus directory (monet-interp corpus build)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--methods", type=_names, default=["2x", "ratio", "random"],
+                   help="rules applied to --model's experts: 2x, ratio, ratio-iter, random (default 2x,ratio,random)")
+    p.add_argument("--top1-rules", type=_names, default=["2x"], help="rules for --top1-model (default 2x)")
+    p.add_argument("--baseline-rule", default="ratio", choices=[r for r in RULES if r not in ("random", "same")],
+                   help="selection rule for dense neurons and SAE features (default ratio)")
+    p.add_argument("--no-neurons", action="store_true", help="skip the dense-neuron baseline")
+    p.add_argument("--no-sae", action="store_true", help="skip the SAE baseline")
+    p.add_argument("--sae-modes", type=_names, default=["error"],
+                   help="error (error term kept) and/or spliced (with both: spliced removes the same features)")
+    p.add_argument("--sae-clamp", type=float, default=-2.0,
+                   help="value of a removed active SAE feature in units of its mean active value (0 = zero-ablate)")
+    p.add_argument("--sae-steps", type=int, default=200)
+    p.add_argument("--sae-expansion", type=int, default=4)
+    p.add_argument("--sae-k", type=int, default=16)
+    p.add_argument("--sae-tokens-per-label", type=int, default=1024)
+    p.add_argument("--scope", default="group", choices=SCOPES, help="expert scope: whole routing group or one layer")
+    p.add_argument("--heads", default="all", choices=HEAD_MODES, help="expert units over all heads or per head")
+    p.add_argument("--statistic", default="mean", choices=STATISTICS)
+    p.add_argument("--fractions", type=_floats, default=DEFAULT_FRACTIONS, help="ratio-rule curve grid")
+    p.add_argument("--retain-budget", type=float, default=1.0, help="retain top-1 drop allowed (points)")
+    p.add_argument("--refine-steps", type=int, default=1, help="bisection points refining each curve's budget point")
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--stat-tokens", type=int, default=2048, help="training tokens per label for statistics")
+    p.add_argument("--eval-forget-tokens", type=int, default=512, help="test tokens of the forgotten label")
+    p.add_argument("--eval-tokens", type=int, default=64, help="test tokens of every other label")
+    p.add_argument("--curve-forget-tokens", type=int, default=256)
+    p.add_argument("--curve-retain-tokens", type=int, default=64)
+    p.add_argument("--iter-step", type=float, default=0.02)
+    p.add_argument("--iter-steps", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-html", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    import torch
+
+    from monet_interp.analyses.unlearning import Method, expert_methods, run_unlearning
+    from monet_interp.data import open_corpus
+    from monet_interp.model import HookedMONET
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unknown = [r for r in [*args.methods, *args.top1_rules] if r not in RULES or r == "same"]
+    if unknown:
+        raise ValueError(f"unknown rule(s) {unknown}; choose from {RULES}")
+    bad_modes = [m for m in args.sae_modes if m not in ("error", "spliced")]
+    if bad_modes:
+        raise ValueError(f"unknown SAE mode(s) {bad_modes}; choose from error, spliced")
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    corpus = open_corpus(args.corpus, verify=False)
+    model = HookedMONET.from_pretrained(args.model)
+    unit_kwargs = dict(scope=args.scope, heads=args.heads)
+    prefix = "MONET-VD" if model.cfg.is_vertical else "MONET-HD"
+    if model.cfg.moe_routing == "top1":
+        prefix = "top-1 MONET"
+    methods: list[Method] = expert_methods(model, args.methods, prefix=prefix, **unit_kwargs)
+    if args.top1_model:
+        top1 = HookedMONET.from_pretrained(args.top1_model)
+        methods += expert_methods(top1, args.top1_rules, prefix="top-1 MONET", **unit_kwargs)
+    sae_info = None
+    if args.dense_model:
+        from monet_interp.analyses.baselines import train_saes
+        from monet_interp.loading import load_model
+        from monet_interp.units import NeuronUnits, SAEUnits
+
+        dense = load_model(args.dense_model)
+        if not args.no_neurons:
+            methods.append(Method(f"dense neurons {args.baseline_rule}", NeuronUnits(dense), args.baseline_rule))
+        if not args.no_sae:
+            log(f"training SAEs on {args.dense_model} MLP outputs ({args.sae_steps} steps per layer) ...")
+            bank = train_saes(dense, corpus, labels=args.labels, tokens_per_label=args.sae_tokens_per_label,
+                              seq_len=args.seq_len, expansion=args.sae_expansion, k=args.sae_k, steps=args.sae_steps,
+                              seed=args.seed, progress=False)
+            sae_info = bank
+            log("  SAEs: " + "; ".join(f"layer {k}: FVU {bank.fvu[k]:.3f}, L0 {bank.l0[k]:.1f}" for k in bank.layers)
+                + f" ({bank.info['seconds']:.1f} s)")
+            error_name = f"SAE (error kept) {args.baseline_rule}"
+            if "error" in args.sae_modes:
+                methods.append(Method(error_name, SAEUnits(bank, mode="error", clamp=args.sae_clamp),
+                                      args.baseline_rule))
+            if "spliced" in args.sae_modes:  # the same features, reconstruction spliced in
+                spliced = SAEUnits(bank, mode="spliced", clamp=args.sae_clamp)
+                if "error" in args.sae_modes:
+                    methods.append(Method("SAE (spliced) same features", spliced, "same", match=error_name))
+                else:
+                    methods.append(Method(f"SAE (spliced) {args.baseline_rule}", spliced, args.baseline_rule))
+    # random controls match the 2x rule of the same unit set when there is one
+    for m in methods:
+        if m.rule == "random" and m.match is None:
+            m.match = next((x.name for x in methods if x.units is m.units and x.rule == "2x"), None)
+    result = run_unlearning(
+        None, corpus, forget=args.forget, methods=methods, labels=args.labels, statistic=args.statistic,
+        fractions=args.fractions, retain_budget=args.retain_budget, refine_steps=args.refine_steps,
+        seq_len=args.seq_len, stat_tokens=args.stat_tokens,
+        eval_forget_tokens=args.eval_forget_tokens, eval_tokens=args.eval_tokens,
+        curve_forget_tokens=args.curve_forget_tokens, curve_retain_tokens=args.curve_retain_tokens,
+        iter_step=args.iter_step, iter_steps=args.iter_steps, batch_size=args.batch_size, seed=args.seed,
+        progress=not args.quiet)
+    total = time.perf_counter() - t0
+    result.timing["wall_s_including_loading_and_sae_training"] = total
+    result.timing["cpu_s_including_loading_and_sae_training"] = time.process_time() - cpu0
+    if sae_info is not None:
+        result.notes.append(f"SAEs: {sae_info.info}; FVU {sae_info.fvu}; L0 {sae_info.l0}")
+    out = Path(args.out)
+    result.save(out, html=not args.no_html)
+    tables = ["## Top-1 accuracy: dTarget / dOthers (points; units removed)", result.markdown("top1"), "",
+              "## Bits per byte: dTarget / dOthers", result.markdown("bpb", digits=3, counts=False), ""]
+    (out / "README_table.md").write_text("\n".join(tables) + "\n")
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+        log(result.overview().to_string())
+    log("\n".join(tables))
+    log(f"wall time {total:.1f} s, CPU time {result.timing['cpu_s_including_loading_and_sae_training']:.1f} s "
+        f"(sweep {result.timing['total_s']:.1f} s wall, {result.timing['evaluated_tokens']} tokens evaluated); "
+        f"results in {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``unlearn`` without the main ``monet-interp`` parser:
+    ``python -m monet_interp.analyses.cli.unlearning --forget python ... --out runs/unlearning``."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="monet-interp")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["unlearn", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"monet-interp unlearn: error: {err}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["main", "register", "run_cli"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from monet_interp.components.moe import MonetMoE, relu2
 from monet_interp.components.router import threshold_sigma
+from monet_interp import MonetConfig
 from monet_interp.editing import ExpertEdit, LayerEdit, compile_plan
 
 SIZES = {  # d, E, m, H of the released checkpoints
@@ -34,15 +35,9 @@ SIZES = {  # d, E, m, H of the released checkpoints
 }
 
 
-class OneLayer:
-    """Enough of a MonetConfig to compile edits for a single MoE layer."""
-
-    def __init__(self, experts: int, heads: int) -> None:
-        self.moe_experts, self.moe_heads = experts, heads
-        self.num_hidden_layers, self.num_routers, self.moe_groups = 1, 1, 1
-
-    def layers_of_group(self, group: int) -> list[int]:
-        return [0]
+def one_layer_config(experts: int, heads: int) -> MonetConfig:
+    """The config of a single MoE layer (one routing group) with E experts and H heads."""
+    return MonetConfig(num_hidden_layers=1, moe_groups=1, moe_experts=experts, moe_heads=heads, moe_topk=1)
 
 
 def make_layer(d: int, experts: int, m: int, heads: int, decompose: str) -> MonetMoE:
@@ -63,7 +58,7 @@ def threshold_routing(tokens: int, heads: int, experts: int, topk: int = 8, seed
 
 def prune_plan(n: int, experts: int, heads: int, seed: int = 0):
     ids = torch.randperm(experts * experts, generator=torch.Generator().manual_seed(seed))[:n]
-    return compile_plan(ExpertEdit.from_flat(ids, experts, "prune", layer=0), OneLayer(experts, heads)).layers[0]
+    return compile_plan(ExpertEdit.from_flat(ids, experts, "prune", layer=0), one_layer_config(experts, heads)).layers[0]
 
 
 def interleaved_ms(fns: dict, reps: int, warmup: bool = True) -> dict[str, float]:

@@ -81,19 +81,13 @@ def sparse_factors(shape, keep: int, seed: int) -> torch.Tensor:
     return torch.softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
 
 
-class OneLayer:
-    """Enough of a MonetConfig for compile_plan on a single MoE layer."""
-
-    def __init__(self, experts: int, heads: int) -> None:
-        self.moe_experts, self.moe_heads = experts, heads
-        self.num_hidden_layers, self.num_routers, self.moe_groups = 1, 1, 1
-
-    def layers_of_group(self, group: int) -> list[int]:
-        return [0]
+def one_layer_config(experts: int, heads: int) -> MonetConfig:
+    """The config of a single MoE layer (one routing group) with E experts and H heads."""
+    return MonetConfig(num_hidden_layers=1, moe_groups=1, moe_experts=experts, moe_heads=heads, moe_topk=1)
 
 
 def layer_plan(edits, experts: int, heads: int) -> LayerPlan:
-    return compile_plan(edits, OneLayer(experts, heads)).layers[0]
+    return compile_plan(edits, one_layer_config(experts, heads)).layers[0]
 
 
 # ---------------------------------------------------------------------------- edit strategies
@@ -138,7 +132,7 @@ def test_moe_level_matches_expansion(decompose, data):
     x = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(seed))
     g_row = sparse_factors((2, 4, heads, experts), 3, seed + 1)
     g_col = sparse_factors((2, 4, heads, experts), 3, seed + 2)
-    ref = naive_moe_output(moe, x, g_row, g_col, edited_weights(edits, 0, OneLayer(experts, heads), g_row, g_col))
+    ref = naive_moe_output(moe, x, g_row, g_col, edited_weights(edits, 0, one_layer_config(experts, heads), g_row, g_col))
     plan = layer_plan(edits, experts, heads)
     for path in PATHS:
         moe.expert_edit = LayerEdit(plan, "torch", path)
@@ -159,7 +153,7 @@ def test_moe_level_large_mask_and_dense_routing(decompose):
     edits = ExpertEdit.from_flat(flat[:500], experts, "prune", layer=0)
     edits += ExpertEdit.from_flat(flat[500:], experts, "scale", 0.25, layer=0, heads=[1])
     x = torch.randn(1, 6, 8, generator=gen)
-    cfg = OneLayer(experts, heads)
+    cfg = one_layer_config(experts, heads)
     plan = layer_plan(edits, experts, heads)
     for keep in (4, experts):
         g_row = sparse_factors((1, 6, heads, experts), keep, 1)
@@ -184,7 +178,7 @@ def test_gradients_match_expansion(decompose):
     edits = [ExpertEdit(i, (i * 3) % experts, "prune", layer=0) for i in range(experts)]
     edits += [ExpertEdit(1, 2, "set", 0.6, layer=0, heads=[0]), ExpertEdit(4, 6, "scale", 1.7, layer=0),
               ExpertEdit(6, 1, "add", -0.3, layer=0)]
-    plan, cfg = layer_plan(edits, experts, heads), OneLayer(experts, heads)
+    plan, cfg = layer_plan(edits, experts, heads), one_layer_config(experts, heads)
     x = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(11))
     g_row0, g_col0 = sparse_factors((1, 5, heads, experts), 3, 12), sparse_factors((1, 5, heads, experts), 3, 13)
 

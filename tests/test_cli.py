@@ -163,7 +163,9 @@ def test_unlearn_runs_on_the_small_corpus(corpus_dir, tmp_path, capsys):
                             "--no-html", "--quiet"], capsys)
     assert code == 0
     written = {p.name for p in (tmp_path / "u").iterdir()}
-    assert any(name.endswith(".csv") for name in written)
+    assert any(name.endswith(".csv") for name in written) and "share_curve.csv" in written
+    table = (tmp_path / "u" / "README_table.md").read_text()
+    assert "## Goal: some MONET expert method removes the label" in table and "| python | " in table
 
 
 def test_steer_run_writes_tables(corpus_dir, tmp_path, capsys):

@@ -261,7 +261,14 @@ def test_run_unlearning_end_to_end_tables_and_html(tmp_path):
     assert "<script src=" not in html
     folder = result.save(tmp_path / "out", html=False)
     assert (folder / "summary.csv").is_file() and (folder / "selections.json").is_file()
-    assert set(result.figures()) >= {"curves_top1", "selectivity_top1"}
+    assert set(result.figures()) >= {"curves_top1", "share_curve_top1", "selectivity_top1"}
+    # the equal-share curve: the mean over forgotten labels of each fraction-grid point of the curves
+    share = result.share_curve("top1")
+    ratio = share[share["method"] == "M ratio"].set_index("fraction")
+    grid = curves[(curves["method"] == "M ratio") & (curves["point_kind"] == "fraction 0.05")]
+    assert ratio.loc[0.05, "d_forget_top1"] == pytest.approx(grid["d_forget_top1"].mean())
+    assert ratio.loc[0.05, "frac_removed"] == pytest.approx(round(0.05 * 72) / 72)
+    assert set(result.goal(target=100.0, others=100.0)["met"]) == {True}  # every label "removed" at a lax goal
 
 
 def test_run_unlearning_validates_arguments():
@@ -303,3 +310,39 @@ def test_cli_registers_unlearn():
                               "--out", "o", "--methods", "2x,ratio-iter", "--fractions", "0.01,0.02"])
     assert args.command == "unlearn" and args.methods == ["2x", "ratio-iter"] and args.fractions == (0.01, 0.02)
     assert callable(args.func) and args.scope == "group" and args.heads == "all"
+
+
+def test_goal_and_share_curve_hand_computed():
+    """goal(): the best expert method per label meeting dTarget <= -5 and |dOthers| <= 0.5, neuron
+    methods ignored; share_curve(): means over labels at each fraction of the grid."""
+    import pandas as pd
+
+    from monet_interp.analyses.unlearning import UnlearningResult
+
+    summary = pd.DataFrame([
+        # method, forget, d_target_top1, d_others_top1, n_removed
+        ("E ratio", "a", -6.0, -0.4, 10), ("E 2x", "a", -8.0, -0.6, 5), ("N ratio", "a", -9.0, -0.1, 7),
+        ("E ratio", "b", -3.0, -0.2, 10), ("E 2x", "b", -7.0, -0.9, 5), ("N ratio", "b", -9.0, 0.0, 7),
+    ], columns=["method", "forget", "d_target_top1", "d_others_top1", "n_removed"])
+    curves = pd.DataFrame([
+        ("E ratio", "a", "fraction 0.01", 0.01, 1, -1.0, -0.1), ("E ratio", "b", "fraction 0.01", 0.01, 1, -3.0, -0.3),
+        ("E ratio", "a", "fraction 0.02", 0.02, 2, -5.0, -0.5), ("E ratio", "a", "refinement", 0.015, 1, -2.0, -0.2),
+    ], columns=["method", "forget", "point_kind", "frac_removed", "n_removed", "d_forget_top1", "d_retain_top1"])
+    methods = [{"name": "E ratio", "units": {"kind": "expert"}}, {"name": "E 2x", "units": {"kind": "expert"}},
+               {"name": "N ratio", "units": {"kind": "neuron"}}]
+    result = UnlearningResult(clean=pd.DataFrame(), curves=curves, points=pd.DataFrame(), summary=summary,
+                              selections={}, methods=methods, labels=["a", "b"], label_kinds={}, settings={},
+                              timing={})
+    goal = result.goal()
+    # a: "E 2x" is stronger but moves the others by 0.6 > 0.5; "E ratio" meets the goal
+    assert bool(goal.loc["a", "met"]) and goal.loc["a", "method"] == "E ratio"
+    assert goal.loc["a", "d_target_top1"] == -6.0 and goal.loc["a", "n_removed"] == 10
+    # b: no expert method meets it (the neuron method would); the calm one is shown, not met
+    assert not bool(goal.loc["b", "met"]) and goal.loc["b", "method"] == "E ratio"
+    assert result.goal(kind="neuron")["met"].all()
+    with pytest.raises(KeyError, match="feature"):
+        result.goal(kind="feature")
+    share = result.share_curve().set_index("fraction")
+    assert share.loc[0.01, "d_forget_top1"] == pytest.approx(-2.0) and share.loc[0.01, "d_retain_top1"] == pytest.approx(-0.2)
+    assert share.loc[0.02, "d_forget_top1"] == -5.0 and 0.015 not in share.index  # refinements are not grid points
+    assert len(result.figure_share_curve().data) == 2  # forget and retain traces of the one curve method

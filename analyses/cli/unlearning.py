@@ -156,6 +156,16 @@ def run_cli(args: argparse.Namespace) -> int:
     result.save(out, html=not args.no_html)
     tables = ["## Top-1 accuracy: dTarget / dOthers (points; units removed)", result.markdown("top1"), "",
               "## Bits per byte: dTarget / dOthers", result.markdown("bpb", digits=3, counts=False), ""]
+    if any(m["units"].get("kind") == "expert" for m in result.methods):
+        goal = result.goal()
+        met = int(goal["met"].sum())
+        tables += [f"## Goal: some MONET expert method removes the label (dTarget <= -5 top-1 points, "
+                   f"|dOthers| <= 0.5): {met} of {len(goal)}",
+                   "| forget | met | method | dTarget | dOthers | units |", "|---|---|---|---|---|---|"]
+        tables += [f"| {lab} | {'yes' if row['met'] else 'no'} | {row['method'] or '-'} | "
+                   f"{row['d_target_top1']:+.2f} | {row['d_others_top1']:+.2f} | {row['n_removed']:.0f} |"
+                   for lab, row in goal.iterrows()] + [""]
+        result.share_curve("top1").to_csv(out / "share_curve.csv", index=False)
     (out / "README_table.md").write_text("\n".join(tables) + "\n")
     import pandas as pd
 

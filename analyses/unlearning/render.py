@@ -75,7 +75,8 @@ def render_html_section(result: Any, title: str = "Unlearning", include_plotlyjs
                          + _table_with_colour(result.table(name, "top1"), "top1"))
     first = [include_plotlyjs]
     try:
-        figs = [result.figure_curves(), result.figure_selectivity("top1"), result.figure_selectivity("bpb")]
+        figs = [result.figure_curves(), result.figure_share_curve("top1"), result.figure_selectivity("top1"),
+                result.figure_selectivity("bpb")]
         for fig in figs:
             parts.append(fig.to_html(full_html=False, include_plotlyjs=first[0], default_width="100%"))
             first[0] = False

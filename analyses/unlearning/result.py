@@ -106,6 +106,35 @@ class UnlearningResult:
             + (f" ({means.loc[n, 'n_removed']:.0f})" if counts else "") for n in names) + " |")
         return "\n".join(lines)
 
+    def goal(self, labels: Sequence[str] | None = None, target: float = -5.0, others: float = 0.5,
+             metric: str = "top1", kind: str = "expert") -> pd.DataFrame:
+        """Which forgotten labels some method on ``kind`` units (default MONET experts) removes:
+        d_target <= ``target`` while |d_others| <= ``others`` (``metric``, evaluation split, at each
+        method's operating point). One row per label (``labels``: default every forgotten one):
+        met, the best such method (most negative d_target), its d_target / d_others / n_removed;
+        where none meets the goal, the most selective method whose |d_others| stays within
+        ``others`` (or None) is shown with met = False."""
+        names = {m["name"] for m in self.methods if m.get("units", {}).get("kind") == kind}
+        if not names:
+            raise KeyError(f"no method on {kind!r} units; methods: {self.method_names}")
+        sub = self.summary[self.summary["method"].isin(names)]
+        dt, do = f"d_target_{metric}", f"d_others_{metric}"
+        rows = []
+        for lab in labels if labels is not None else [x for x in self.labels if x in set(sub["forget"])]:
+            mine = sub[sub["forget"] == lab]
+            if mine.empty:
+                raise KeyError(f"label {lab!r} was not forgotten by any {kind} method")
+            ok = mine[(mine[dt] <= target) & (mine[do].abs() <= others)]
+            calm = mine[mine[do].abs() <= others]
+            pick = ok if not ok.empty else calm
+            best = pick.loc[pick[dt].idxmin()] if not pick.empty else None
+            rows.append({"forget": lab, "met": not ok.empty,
+                         "method": None if best is None else best["method"],
+                         dt: np.nan if best is None else float(best[dt]),
+                         do: np.nan if best is None else float(best[do]),
+                         "n_removed": np.nan if best is None else int(best["n_removed"])})
+        return pd.DataFrame(rows).set_index("forget")
+
     # ---------------------------------------------------------------- figures
     def figure_curves(self, forget: str | None = None, metric: str = "top1"):
         """Forget vs retain change along each method's curve (selection split). forget=None: the
@@ -138,6 +167,38 @@ class UnlearningResult:
             fig.add_vline(x=-self.settings.get("retain_budget", 1.0), line_dash="dot", line_color="gray")
         return fig
 
+    def share_curve(self, metric: str = "top1") -> pd.DataFrame:
+        """Mean over forgotten labels of the curves' fraction-grid points (selection split): one row
+        per (method, fraction) with frac_removed (share of the method's units removed) and the mean
+        d_forget / d_retain of ``metric``, so unit families compare at an equal share removed."""
+        cols = ["frac_removed", "n_removed", f"d_forget_{metric}", f"d_retain_{metric}"]
+        if self.curves.empty:
+            return pd.DataFrame(columns=["method", "fraction", *cols])
+        grid = self.curves[self.curves["point_kind"].astype(str).str.startswith("fraction")].copy()
+        grid["fraction"] = grid["point_kind"].str.split().str[-1].astype(float)
+        out = grid.groupby(["method", "fraction"], sort=False)[cols].mean().reset_index()
+        return out.sort_values(["method", "fraction"], kind="stable").reset_index(drop=True)
+
+    def figure_share_curve(self, metric: str = "top1"):
+        """Forget and retain change against the share of units removed (log x), one colour per
+        method: the equal-share comparison of MONET experts, dense neurons and SAE features."""
+        import plotly.graph_objects as go
+
+        data = self.share_curve(metric)
+        fig = go.Figure()
+        for index, name in enumerate(n for n in self.method_names if (data["method"] == n).any()):
+            sub = data[data["method"] == name]
+            colour = f"hsl({(index * 67) % 360},65%,45%)"
+            fig.add_trace(go.Scatter(x=sub["frac_removed"], y=sub[f"d_forget_{metric}"], mode="lines+markers",
+                                     name=f"{name}: forget", line=dict(color=colour)))
+            fig.add_trace(go.Scatter(x=sub["frac_removed"], y=sub[f"d_retain_{metric}"], mode="lines+markers",
+                                     name=f"{name}: retain", line=dict(color=colour, dash="dot")))
+        unit = "points" if metric != "bpb" else "bits/byte"
+        fig.update_layout(title=f"Change of {metric} against the share of units removed (mean over forgotten labels)",
+                          xaxis_title="share of the method's units removed", yaxis_title=f"change ({unit})",
+                          xaxis_type="log", template="plotly_white", height=420)
+        return fig
+
     def figure_table(self, method: str, metric: str = "top1"):
         """Heatmap of :meth:`table` (rows forgotten, columns measured)."""
         import plotly.graph_objects as go
@@ -168,7 +229,8 @@ class UnlearningResult:
         return fig
 
     def figures(self) -> dict[str, Any]:
-        out = {"curves_top1": self.figure_curves(), "selectivity_top1": self.figure_selectivity("top1"),
+        out = {"curves_top1": self.figure_curves(), "share_curve_top1": self.figure_share_curve("top1"),
+               "selectivity_top1": self.figure_selectivity("top1"),
                "selectivity_bpb": self.figure_selectivity("bpb")}
         for name in self.method_names:
             if (self.points["method"] == name).any():

@@ -132,6 +132,26 @@ def pad_windows(model: Any, batch: Sequence[Window]) -> tuple[torch.Tensor, torc
     return tokens.to(model.device), mask, counted
 
 
+@dataclass
+class WindowBatch:
+    """One batch of report windows as :func:`pad_windows` pads them: ``tokens`` [b, p] (on the
+    model's device), ``mask`` (None when no padding), ``valid`` [b, p] counted tokens (CPU);
+    ``n_tokens`` real tokens run (bos/eos included), as ``monet_interp.stats.stream.Batch``."""
+
+    windows: list[Window]
+    tokens: torch.Tensor
+    mask: torch.Tensor | None
+    valid: torch.Tensor
+    n_tokens: int
+
+
+def window_batches(model: Any, windows: Sequence[Window], batch_size: int) -> Iterator[WindowBatch]:
+    """:func:`batches` of ``windows`` (in their order, ``batch_size`` at a time), padded."""
+    for batch in batches(windows, batch_size):
+        tokens, mask, valid = pad_windows(model, batch)
+        yield WindowBatch(batch, tokens, mask, valid, sum(len(w.tokens) for w in batch))
+
+
 def g_names(cfg: Any, group: int) -> tuple[str, str]:
     layer = first_layer(cfg, group)
     return f"blocks.{layer}.moe.hook_g_row", f"blocks.{layer}.moe.hook_g_col"
@@ -141,5 +161,5 @@ def progress_iter(iterable: Iterable, total: int, desc: str, enabled: bool) -> I
     return progress_bar(iterable, total=total, desc=desc, disable=not enabled, leave=False)
 
 
-__all__ = ["Document", "Window", "batches", "check_labels", "g_names", "pad_id", "pad_windows", "plan_report_windows",
-           "progress_iter", "resolve_split", "special_ids"]
+__all__ = ["Document", "Window", "WindowBatch", "batches", "check_labels", "g_names", "pad_id", "pad_windows",
+           "plan_report_windows", "progress_iter", "resolve_split", "special_ids", "window_batches"]

@@ -10,13 +10,18 @@ runs the model through the accumulator (``forward``), hands it each batch's outp
 (``add_batch``), shows the progress bar (rank 0), and ends with the reduction across processes
 (``reduce``: sums, maxima, top-k buffers, the token sample). Under torch.distributed each rank
 reads every world-th window and every rank ends with the full statistics.
+
+The loop itself is :func:`run_pass`: any batch source (an iterable of objects with ``n_tokens``)
+driven through an accumulator. :func:`stream_corpus` feeds it the stream's batches; the expert
+report (``monet_interp.analyses.report.collect_expert_stats``) feeds it the report's windows,
+batched and padded as the report runs them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,19 +153,29 @@ class PassTiming:
 
 
 @torch.inference_mode()
+def run_pass(model: Any, batches: Iterable[Any], acc: StreamAccumulator, bar: Any, *,
+             step: Callable[[Any], int] | None = None) -> PassTiming:
+    """The walk of every pass: hold ``acc.hooks(model)``, run each batch through ``acc.forward``
+    and hand its outputs to ``acc.add_batch``, advance ``bar`` (a progress bar, used as a context
+    manager) by ``step(batch)`` (default: ``batch.n_tokens``), then ``acc.reduce()``. ``batches``
+    is iterated lazily, inside the timing."""
+    start = time.perf_counter()
+    tokens_run = 0
+    with bar, acc.hooks(model):
+        for batch in batches:
+            acc.add_batch(batch, acc.forward(model, batch))
+            tokens_run += batch.n_tokens
+            bar.update(batch.n_tokens if step is None else step(batch))
+    acc.reduce()
+    return PassTiming(time.perf_counter() - start, tokens_run)
+
+
 def stream_corpus(model: Any, setup: StreamSetup, acc: StreamAccumulator, *, batch_size: int, progress: bool,
                   desc: str) -> PassTiming:
     """Drive ``acc`` over this rank's windows of ``setup`` and reduce it across processes."""
-    start = time.perf_counter()
-    tokens_run = 0
-    with setup.progress_bar(progress, desc) as bar, acc.hooks(model):
-        for windows in setup.plan.batches(setup.mine, batch_size):
-            batch = make_batch(setup.plan, windows, setup.device, skip_ids=setup.skip, classes=setup.classes)
-            acc.add_batch(batch, acc.forward(model, batch))
-            tokens_run += batch.n_tokens
-            bar.update(batch.n_tokens)
-    acc.reduce()
-    return PassTiming(time.perf_counter() - start, tokens_run)
+    batches = (make_batch(setup.plan, windows, setup.device, skip_ids=setup.skip, classes=setup.classes)
+               for windows in setup.plan.batches(setup.mine, batch_size))
+    return run_pass(model, batches, acc, setup.progress_bar(progress, desc))
 
 
 def gather_rows(parts: list[tuple[torch.Tensor, ...]], empty: Sequence[np.ndarray], world: int
@@ -172,4 +187,5 @@ def gather_rows(parts: list[tuple[torch.Tensor, ...]], empty: Sequence[np.ndarra
     return tuple(np.concatenate([g[i] for g in gathered]) for i in range(len(local)))
 
 
-__all__ = ["PassTiming", "StreamAccumulator", "StreamSetup", "gather_rows", "prepare_stream", "stream_corpus"]
+__all__ = ["PassTiming", "StreamAccumulator", "StreamSetup", "gather_rows", "prepare_stream", "run_pass",
+           "stream_corpus"]

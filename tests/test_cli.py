@@ -7,6 +7,7 @@ installed entry point in a subprocess to check exit codes and that no traceback 
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -166,6 +167,33 @@ def test_unlearn_runs_on_the_small_corpus(corpus_dir, tmp_path, capsys):
     assert any(name.endswith(".csv") for name in written) and "share_curve.csv" in written
     table = (tmp_path / "u" / "README_table.md").read_text()
     assert "## Goal: some MONET expert method removes the label" in table and "| python | " in table
+
+
+def test_steer_generate_uses_the_run_selection(corpus_dir, capsys):
+    """steer generate picks its units like steer run (same windows, same choose_interventions)."""
+    from monet_interp import HookedMONET
+    from monet_interp.analyses import steering as S
+    from monet_interp.analyses.cli.steering import config_from_args, register
+    from monet_interp.analyses.steering.methods import choose_interventions
+    from monet_interp.analyses.steering.texts import statistics_windows
+    from monet_interp.data import open_corpus
+
+    argv = ["steer", "generate", "--model", "monet-vd-tiny", "--corpus", corpus_dir, "--concept", "python",
+            "--against", "c", "--method", "steermoe", "--alpha", "1", "--prompt", "def", "--max-new-tokens", "2",
+            "--stat-windows", "2", "--stat-tokens", "16", "--rank", "skew"]
+    code, out, _ = run_cli(argv, capsys)
+    assert code == 0 and "--- steermoe alpha=1" in out
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    cfg = config_from_args(parser.parse_args([str(a) for a in argv]))
+    corpus, model = open_corpus(corpus_dir, verify=False), HookedMONET.from_pretrained("monet-vd-tiny")
+    windows = statistics_windows(lambda l: corpus.texts(l, "train", 4 * cfg.stat_windows), ["python", "c"], cfg,
+                                 model._require_tokenizer().encode)
+    stats = S.collect_label_stats(model, windows, batch_size=cfg.batch_size)
+    expected = choose_interventions(model, stats, windows, "python", ["c"], ["steermoe"], cfg, {})["steermoe"]
+    assert f"intervention: {expected.describe()}" in out
+    code, _, err = run_cli([*argv[:2], "--model", "dense-tiny", *argv[4:]], capsys)
+    assert code == 2 and "needs a MONET model" in err
 
 
 def test_steer_run_writes_tables(corpus_dir, tmp_path, capsys):

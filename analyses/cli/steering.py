@@ -14,8 +14,10 @@ prints the README's markdown tables of saved runs (several runs over different m
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
+
+from monet_interp.analyses.cli.common import CliError
 
 _TUPLE_FIELDS = ("monet_groups", "monet_layers", "monet_heads", "top1_groups", "steermoe_groups", "diffmean_layers",
                  "sae_layers", "prompt_labels")
@@ -105,46 +107,27 @@ def _table(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    import torch
-
     from monet_interp.analyses import steering as S
+    from monet_interp.analyses.steering.methods import choose_interventions
+    from monet_interp.analyses.steering.texts import statistics_windows
     from monet_interp.data import open_corpus
-    from monet_interp.editing.interventions import AddVector, ExpertBoost, Intervention, Top1Replace
-    from monet_interp.editing.router_steering import RouterLogitSteer
 
     cfg = config_from_args(args)
     result_models = S.resolve_models([args.model])
     model = next(iter(result_models.values()))
     corpus = open_corpus(args.corpus, verify=False)
     if args.concept not in corpus.labels:
-        raise ValueError(f"concept {args.concept!r} is not a label of the corpus")
+        raise CliError(f"concept {args.concept!r} is not a label of the corpus")
     others = args.against or [l for l in corpus.labels if l != args.concept and
                               corpus.label_kind(l) == corpus.label_kind(args.concept)][:4]
-    labels = [args.concept, *others]
-    tok = model._require_tokenizer()
-    windows = {}
-    for k, label in enumerate(labels):
-        ws = S.text_windows(corpus.texts(label, "train", 4 * cfg.stat_windows), cfg.stat_windows, cfg.stat_tokens,
-                            tok.encode, cfg.seed + 17 * k)
-        windows[label] = torch.tensor(ws, dtype=torch.long)
+    windows = statistics_windows(lambda label: corpus.texts(label, "train", 4 * cfg.stat_windows),
+                                 [args.concept, *others], cfg, model._require_tokenizer().encode)
     stats = S.collect_label_stats(model, windows, batch_size=cfg.batch_size)
-    if args.method == "monet":
-        experts, scores = S.select_monet_experts(stats, args.concept, cfg.monet_k, cfg.monet_groups,
-                                                 cfg.monet_heads, others, rank=cfg.rank)
-        iv: Intervention = ExpertBoost(experts, cfg.monet_op, cfg.monet_heads, cfg.monet_layers, scores)
-    elif args.method == "top1":
-        targets, scores = S.select_top1_targets(stats, args.concept, cfg.top1_heads, cfg.top1_groups, others)
-        iv = Top1Replace(targets, cfg.top1_gate, scores=scores)
-    elif args.method == "diffmean":
-        layers = list(cfg.diffmean_layers or range(model.cfg.num_hidden_layers))
-        iv = AddVector(S.diffmean_vectors(stats, args.concept, layers, cfg.diffmean_site, others), method="diffmean")
-    elif args.method == "steermoe":
-        n_heads = cfg.steermoe_heads if cfg.steermoe_heads is not None else model.cfg.moe_heads
-        targets, scores = S.select_top1_targets(stats, args.concept, n_heads, cfg.steermoe_groups, others)
-        iv = RouterLogitSteer(targets, cfg.steermoe_mode, scores=scores)
-    else:
-        raise ValueError("steer generate supports --method monet, top1, diffmean or steermoe (SAE steering needs a "
-                         "trained SAE: use the Python API)")
+    # the same selection as ``steer run`` (top-1 replacement on any MONET routing, as this command always did)
+    cfg = replace(cfg, top1_any_routing=True)
+    iv = choose_interventions(model, stats, windows, args.concept, others, [args.method], cfg, {}).get(args.method)
+    if iv is None:
+        raise CliError(f"--method {args.method} needs a MONET model; {args.model} is not one")
     print(f"intervention: {iv.describe()}")
     prompt = args.prompt
     kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,

@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from monet_interp.analyses.steering.config import METHODS, SteeringConfig, config_with
 from monet_interp.analyses.steering.evaluation import ConceptInputs, evaluate_concept
@@ -16,7 +15,7 @@ from monet_interp.analyses.steering.label_stats import collect_label_stats
 from monet_interp.analyses.steering.metrics import characteristic_tokens
 from monet_interp.analyses.steering.models import find_sae_trainer, resolve_models
 from monet_interp.analyses.steering.result import SteeringResult, summarise
-from monet_interp.analyses.steering.texts import labels_of, text_windows, train_classifier
+from monet_interp.analyses.steering.texts import labels_of, statistics_windows, text_windows, train_classifier
 from monet_interp.data import open_corpus
 
 
@@ -71,12 +70,7 @@ def run_steering(models: Any, corpus: Any, concepts: Sequence[str] | None = None
         t_model = time.perf_counter()
         tok = model._require_tokenizer()
         # ---- statistics on train windows
-        windows: dict[str, Tensor] = {}
-        for k, label in enumerate(eval_labels):
-            ws = text_windows(texts(label, "train"), cfg.stat_windows, cfg.stat_tokens, tok.encode, cfg.seed + 17 * k)
-            if not ws:
-                raise ValueError(f"label {label!r} has no train window of {cfg.stat_tokens} tokens")
-            windows[label] = torch.tensor(ws, dtype=torch.long)
+        windows = statistics_windows(lambda label: texts(label, "train"), eval_labels, cfg, tok.encode)
         model_saes = _model_saes(model, model_label, corpus, eval_labels, methods, cfg, saes, sae_trainer, notes,
                                  timings, log)
         stats = collect_label_stats(model, windows, model_saes, cfg.batch_size)

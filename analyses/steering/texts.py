@@ -106,4 +106,20 @@ def train_classifier(corpus: Any, labels: Sequence[str], cfg: SteeringConfig) ->
     return clf, clf.accuracy(ev_texts, ev_ys)
 
 
-__all__ = ["classify", "labels_of", "text_chunks", "text_windows", "train_classifier"]
+def statistics_windows(train_texts: Callable[[str], Sequence[str]], labels: Sequence[str], cfg: SteeringConfig,
+                       encode: Callable[[str], list[int]]) -> dict[str, Any]:
+    """{label: int64 [stat_windows, stat_tokens]} windows of each label's train text (``train_texts``)
+    for the label statistics; label k draws its starts with seed ``cfg.seed + 17 k``. A label
+    without one window of ``cfg.stat_tokens`` tokens is an error."""
+    import torch
+
+    windows = {}
+    for k, label in enumerate(labels):
+        ws = text_windows(train_texts(label), cfg.stat_windows, cfg.stat_tokens, encode, cfg.seed + 17 * k)
+        if not ws:
+            raise ValueError(f"label {label!r} has no train window of {cfg.stat_tokens} tokens")
+        windows[label] = torch.tensor(ws, dtype=torch.long)
+    return windows
+
+
+__all__ = ["classify", "labels_of", "statistics_windows", "text_chunks", "text_windows", "train_classifier"]

@@ -19,30 +19,27 @@ is "no intervention" (also for "set", which would otherwise prune).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 
-@contextlib.contextmanager
-def with_hooks(model: Any, fwd_hooks: list[tuple[str, Callable]]) -> Iterator[None]:
-    """``model.hooks(fwd_hooks=...)``, or nothing when there are no hooks."""
-    if not fwd_hooks:
-        yield
-        return
-    with model.hooks(fwd_hooks=fwd_hooks):
-        yield
-
-
 class Intervention:
-    """A steering method bound to its chosen units; ``context(model, alpha)`` applies it."""
+    """A steering method bound to its chosen units; ``context(model, alpha)`` applies it.
+
+    Subclasses give the forward hooks that apply it (:meth:`hooks`); alpha = 0 attaches nothing."""
 
     method = "base"
 
-    def context(self, model: Any, alpha: float) -> contextlib.AbstractContextManager:
+    def hooks(self, model: Any, alpha: float) -> list[tuple[str, Callable]]:
         raise NotImplementedError
+
+    def context(self, model: Any, alpha: float) -> contextlib.AbstractContextManager:
+        if alpha == 0:
+            return contextlib.nullcontext()
+        return model.hooks(fwd_hooks=self.hooks(model, alpha))
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method}
@@ -132,7 +129,7 @@ class Top1Replace(Intervention):
         self.layers = None if layers is None else [int(l) for l in layers]
         self.scores = scores
 
-    def hooks(self, cfg: Any, alpha: float) -> list[tuple[str, Callable]]:
+    def hooks(self, model: Any, alpha: float) -> list[tuple[str, Callable]]:
         out: list[tuple[str, Callable]] = []
         for group, heads in self.targets.items():
             rows = {h: ij[0] for h, ij in heads.items()}
@@ -149,17 +146,12 @@ class Top1Replace(Intervention):
             def col_hook(g, hook, cols=cols, kw=col_kw):
                 return replace_top1(g, cols, **kw)
 
-            for layer in cfg.layers_of_group(group):
+            for layer in model.cfg.layers_of_group(group):
                 if self.layers is not None and layer not in self.layers:
                     continue
                 out.append((f"blocks.{layer}.moe.hook_g_row", row_hook))
                 out.append((f"blocks.{layer}.moe.hook_g_col", col_hook))
         return out
-
-    def context(self, model: Any, alpha: float) -> contextlib.AbstractContextManager:
-        if alpha == 0 or not self.targets:
-            return contextlib.nullcontext()
-        return with_hooks(model, self.hooks(model.cfg, alpha))
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "gate": self.gate, "layers": self.layers,
@@ -180,7 +172,7 @@ class AddVector(Intervention):
         if method is not None:
             self.method = method
 
-    def hooks(self, alpha: float) -> list[tuple[str, Callable]]:
+    def hooks(self, model: Any, alpha: float) -> list[tuple[str, Callable]]:
         def make(vector: Tensor) -> Callable:
             def hook(x, hook):
                 return x + float(alpha) * vector.to(device=x.device, dtype=x.dtype)
@@ -188,13 +180,8 @@ class AddVector(Intervention):
 
         return [(name, make(v)) for name, v in self.vectors.items()]
 
-    def context(self, model: Any, alpha: float) -> contextlib.AbstractContextManager:
-        if alpha == 0 or not self.vectors:
-            return contextlib.nullcontext()
-        return with_hooks(model, self.hooks(alpha))
-
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "hooks": {n: float(v.norm()) for n, v in self.vectors.items()}, **self.info}
 
 
-__all__ = ["AddVector", "ExpertBoost", "Intervention", "Top1Replace", "replace_top1", "with_hooks"]
+__all__ = ["AddVector", "ExpertBoost", "Intervention", "Top1Replace", "replace_top1"]

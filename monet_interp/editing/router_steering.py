@@ -16,7 +16,6 @@ expert of row i and column j of that head (the factors cannot single out one pai
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from monet_interp.editing.interventions import Intervention, with_hooks
+from monet_interp.editing.interventions import Intervention
 
 MODES = ("activate", "deactivate")
 
@@ -123,11 +122,6 @@ class RouterLogitSteer(Intervention):
 
                 out.append((f"blocks.{layer}.moe.hook_router_logits_{side}", hook))
         return out
-
-    def context(self, model: Any, alpha: float) -> contextlib.AbstractContextManager:
-        if alpha == 0 or not any(self.targets.values()):
-            return contextlib.nullcontext()
-        return with_hooks(model, self.hooks(model, alpha))
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "mode": self.mode,

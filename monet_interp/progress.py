@@ -48,7 +48,7 @@ def progress_bar(iterable: Any = None, *args: Any, **kwargs: Any) -> tqdm:
     """``tqdm(iterable, *args, **kwargs)``; on a non-terminal stream, redraws at most every
     :func:`log_interval` seconds (``mininterval``/``maxinterval``), 100 columns, ASCII."""
     stream = kwargs.get("file") or sys.stderr
-    if not _is_terminal(stream):
+    if not kwargs.get("disable") and not _is_terminal(stream):
         interval = log_interval()
         kwargs["mininterval"] = max(float(kwargs.get("mininterval", 0.1)), interval)
         kwargs["maxinterval"] = max(float(kwargs.get("maxinterval", 10.0)), interval)

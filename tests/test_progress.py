@@ -51,7 +51,11 @@ def test_interval_from_the_environment(monkeypatch):
     run_bar(log, n=30)
     assert redraws(log.getvalue()) >= 4  # interval 0: tqdm's own minimum interval applies
     monkeypatch.setenv("MONET_PROGRESS_INTERVAL", "soon")
-    with pytest.raises(ValueError, match="MONET_PROGRESS_INTERVAL"):
+    with pytest.raises(ValueError, match="MONET_PROGRESS_INTERVAL must be a number"):
+        log_interval()
+    assert list(progress_bar(range(3), disable=True, file=io.StringIO())) == [0, 1, 2]  # a disabled bar never reads it
+    monkeypatch.setenv("MONET_PROGRESS_INTERVAL", "-1")
+    with pytest.raises(ValueError, match="must be >= 0"):
         log_interval()
     monkeypatch.delenv("MONET_PROGRESS_INTERVAL")
     assert log_interval() == LOG_INTERVAL_S

@@ -19,6 +19,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from monet_interp.training.cli_args import config_from_args, parse_train_args
+from monet_interp.training.trainer import changed_settings
+
 RECIPES: dict[str, list[str]] = {
     "paper (aux 1e-3)": [],
     "aux 1e-2": ["--aux-weight", "0.01"],
@@ -47,11 +50,19 @@ def slug(name: str) -> str:
 
 
 def run_recipe(name: str, extra: list[str], args: argparse.Namespace) -> Path:
+    """Train one recipe into OUT/<slug>, or reuse the finished run there if it was trained with
+    exactly these settings (a run with other settings is an error: choose another --out)."""
     out = Path(args.out) / slug(name)
-    if (out / "training_manifest.json").is_file():
-        return out
     extra = [x.format(warmup=max(1, args.steps // 3)) for x in extra]
-    command = [sys.executable, "-m", "monet_interp.training", "--out", str(out), *base_args(args), *extra]
+    train_args = ["--out", str(out), *base_args(args), *extra]
+    manifest = out / "training_manifest.json"
+    if manifest.is_file():
+        changed = changed_settings(json.loads(manifest.read_text())["train"], config_from_args(parse_train_args(train_args)))
+        if changed:
+            raise SystemExit(f"{out} was trained with other settings than recipe {name!r} ({', '.join(changed)}); "
+                             f"use a fresh --out")
+        return out
+    command = [sys.executable, "-m", "monet_interp.training", *train_args]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.log", "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)

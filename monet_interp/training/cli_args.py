@@ -48,12 +48,27 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Train with the TrainConfig of parsed ``train`` arguments."""
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed ``train`` arguments."""
     fields = {name: getattr(args, name) for name in _CLI_FIELDS}
     labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
-    config = TrainConfig(model=args.model, corpus=args.corpus, out=args.out, resume=args.resume, labels=labels,
-                         progress=not args.quiet, **fields)
+    return TrainConfig(model=args.model, corpus=args.corpus, out=args.out, resume=args.resume, labels=labels,
+                       progress=not args.quiet, **fields)
+
+
+def parse_train_args(argv: list[str], prog: str = "python -m monet_interp.training") -> argparse.Namespace:
+    """Parse ``[train] ARGS`` as the ``train`` command does."""
+    argv = list(argv)
+    if argv[:1] != ["train"]:
+        argv = ["train", *argv]
+    parser = argparse.ArgumentParser(prog=prog)
+    add_train_arguments(parser.add_subparsers(dest="command").add_parser("train", **TRAIN_PARSER))
+    return parser.parse_args(argv)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train with the TrainConfig of parsed ``train`` arguments."""
+    config = config_from_args(args)
     result = trainer.train(config)
     if not result.finished:
         print(f"stopped after step {config.stop_after}; continue with --resume")
@@ -64,12 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m monet_interp.training [train] ARGS`` (the same as ``monet-interp train ARGS``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] != ["train"]:
-        argv = ["train", *argv]
-    parser = argparse.ArgumentParser(prog="python -m monet_interp.training")
-    add_train_arguments(parser.add_subparsers(dest="command").add_parser("train", **TRAIN_PARSER))
-    args = parser.parse_args(argv)
+    args = parse_train_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except ValueError as err:  # includes ConfigError and CheckpointError
@@ -77,4 +87,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["TRAIN_PARSER", "add_train_arguments", "main", "run_train"]
+__all__ = ["TRAIN_PARSER", "add_train_arguments", "config_from_args", "main", "parse_train_args", "run_train"]

@@ -84,6 +84,14 @@ RESUMABLE_CHANGES = {"resume", "stop_after", "progress", "threads", "device", "o
                      "eval_every", "checkpoint_every", "log_every", "test_windows", "health_batches"}
 
 
+def changed_settings(saved: dict[str, Any], config: "TrainConfig") -> list[str]:
+    """The TrainConfig fields (outside RESUMABLE_CHANGES) in which ``config`` differs from a run's
+    saved config dict; a field the saved run predates counts with its default."""
+    field_defaults = TrainConfig().to_dict()
+    return sorted(k for k, v in config.to_dict().items()
+                  if k not in RESUMABLE_CHANGES and saved.get(k, field_defaults[k]) != v)
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (written to the checkpoint and the manifest)."""
@@ -493,9 +501,7 @@ def train(config: TrainConfig, corpus: Any = None) -> TrainResult:
         if folder is not None:
             state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
             saved = state["config"]
-            field_defaults = TrainConfig().to_dict()  # fields added since the checkpoint: their defaults
-            changed = sorted(k for k, v in config.to_dict().items()
-                             if k not in RESUMABLE_CHANGES and saved.get(k, field_defaults[k]) != v)
+            changed = changed_settings(saved, config)
             if changed:
                 raise ValueError(f"cannot resume {folder}: the run was started with different settings: "
                                  + ", ".join(f"{k} {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed))

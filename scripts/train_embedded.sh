@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the embedded default checkpoints (monet_interp/checkpoints/<name>/) on CPU.
+# Train the embedded default checkpoints (monet_interp/checkpoints/<name>/) on CPU: the 20M-token,
+# balanced-recipe replacements of the committed 1M-token paper-recipe models.
 #
 #   scripts/train_embedded.sh                 # all four, sequentially: vd, dense, hd, top1
 #   scripts/train_embedded.sh monet-vd-tiny   # one of them

@@ -20,32 +20,62 @@ access, so TRITON_INTERPRET can still be set (``dispatch.use_interpreter()``) af
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
-from .dispatch import (
-    Backend,
-    block_size,
-    edit_correction,
-    masked_mix,
-    next_pow2,
-    triton_available,
-    use_interpreter,
-)
-from .reference import (
-    DIRECTIONS,
-    OP_ADD,
-    OP_NAMES,
-    OP_SCALE,
-    OP_SET,
-    Direction,
-    EditCSR,
-    apply_corrections,
-    build_edit_csr,
-    correction_list_ref,
-    edit_deltas,
-    masked_mix_ref,
-    unedited_mix_ref,
-)
+
+def _hand_over_to_installed_kernels() -> bool:
+    """Give a top-level ``import kernels`` the installed package of that name, if there is one.
+
+    This folder is ``monet_interp.kernels``. It is imported as top-level ``kernels`` only when the
+    checkout's root is on ``sys.path`` (``python -m pytest`` or a notebook started there), and then
+    it would shadow Hugging Face's ``kernels`` package, which ``transformers`` imports. So the
+    installed one is imported with the root left off the path and put in ``sys.modules``; the
+    import system returns that module. Returns whether one was found.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    this_folder = sys.modules.pop("kernels")
+    saved_path = list(sys.path)
+    sys.path[:] = [entry for entry in sys.path
+                   if not (isinstance(entry, str) and os.path.abspath(entry or os.curdir) == root)]
+    try:
+        installed = importlib.import_module("kernels")
+    except ModuleNotFoundError as error:
+        if error.name != "kernels":
+            raise
+        installed = None
+    finally:
+        sys.path[:] = saved_path
+    sys.modules["kernels"] = this_folder if installed is None else installed
+    return installed is not None
+
+
+if not (__name__ == "kernels" and _hand_over_to_installed_kernels()):
+    from .dispatch import (
+        Backend,
+        block_size,
+        edit_correction,
+        masked_mix,
+        next_pow2,
+        triton_available,
+        use_interpreter,
+    )
+    from .reference import (
+        DIRECTIONS,
+        OP_ADD,
+        OP_NAMES,
+        OP_SCALE,
+        OP_SET,
+        Direction,
+        EditCSR,
+        apply_corrections,
+        build_edit_csr,
+        correction_list_ref,
+        edit_deltas,
+        masked_mix_ref,
+        unedited_mix_ref,
+    )
 
 _LAZY = {
     "correction_list_triton": "correction_list",

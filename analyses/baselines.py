@@ -69,14 +69,18 @@ def _activation_batches(acts: torch.Tensor, batch_size: int, seed: int) -> Itera
             yield acts[order[start:start + batch_size]]
 
 
+def _label_windows(corpus: Any, labels: str | Sequence[str] | None, split: str, tokens_per_label: int,
+                   seq_len: int) -> torch.Tensor:
+    """Next-token windows [n, seq_len + 1] of ``tokens_per_label`` tokens of every label."""
+    return torch.cat([token_windows(corpus, lab, split, tokens_per_label, seq_len)
+                      for lab in resolve_labels(corpus, labels)])
+
+
 @torch.no_grad()
-def collect_activations(model: Any, corpus: Any, layers: Sequence[int], *, hook_template: str = SAE_HOOK,
-                        labels: str | Sequence[str] | None = None, split: str = "train", tokens_per_label: int = 1024,
-                        seq_len: int = 64, batch_size: int = 16) -> dict[int, torch.Tensor]:
-    """{layer: [tokens, d] float32} activations at ``hook_template`` over ``tokens_per_label``
-    training tokens of every label (balanced across labels)."""
-    labs = resolve_labels(corpus, labels)
-    windows = torch.cat([token_windows(corpus, lab, split, tokens_per_label, seq_len) for lab in labs])
+def capture_activations(model: Any, windows: torch.Tensor, layers: Sequence[int], *, hook_template: str = SAE_HOOK,
+                        batch_size: int = 16) -> dict[int, torch.Tensor]:
+    """{layer: [tokens, d] float32} activations at ``hook_template`` of every layer over
+    ``windows`` [n, seq + 1] (inputs windows[:, :-1]), one forward pass for all layers."""
     store: dict[int, list[torch.Tensor]] = {x: [] for x in layers}
 
     def grab(layer: int):
@@ -90,6 +94,15 @@ def collect_activations(model: Any, corpus: Any, layers: Sequence[int], *, hook_
         for inputs in _batches(windows, batch_size):
             model(inputs.to(model.device), stop_at_layer=max(layers) + 1)
     return {x: torch.cat(v) for x, v in store.items()}
+
+
+def collect_activations(model: Any, corpus: Any, layers: Sequence[int], *, hook_template: str = SAE_HOOK,
+                        labels: str | Sequence[str] | None = None, split: str = "train", tokens_per_label: int = 1024,
+                        seq_len: int = 64, batch_size: int = 16) -> dict[int, torch.Tensor]:
+    """{layer: [tokens, d] float32} activations at ``hook_template`` over ``tokens_per_label``
+    training tokens of every label (balanced across labels)."""
+    windows = _label_windows(corpus, labels, split, tokens_per_label, seq_len)
+    return capture_activations(model, windows, layers, hook_template=hook_template, batch_size=batch_size)
 
 
 def train_sae(acts: torch.Tensor, *, expansion: int = 4, k: int = 16, steps: int = 300, batch_size: int = 512,
@@ -273,19 +286,18 @@ def train_saes(model: Any, corpus: Any, *, layers: Sequence[int] | None = None, 
     layers = list(range(_n_layers(model))) if layers is None else [int(x) for x in layers]
     saes, mean_active, fvu, l0 = {}, {}, {}, {}
     if trainer == "runner":
-        labs = resolve_labels(corpus, labels)
-        windows = torch.cat([token_windows(corpus, lab, split, tokens_per_label, seq_len) for lab in labs])
+        windows = _label_windows(corpus, labels, split, tokens_per_label, seq_len)
         order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
         n_hold = min(int(len(windows) * holdout), len(windows) - 1)
         held_w, train_w = windows[order[:n_hold]], windows[order[n_hold:]]
+        train_acts = capture_activations(model, train_w, layers, hook_template=hook_template)
+        held_acts = capture_activations(model, held_w, layers, hook_template=hook_template) if n_hold else train_acts
         for layer in layers:
-            hook = hook_template.format(layer=layer)
-            sae = train_sae_with_runner(model, hook, train_w, expansion=expansion, k=k, steps=steps,
-                                        batch_size=batch_size, lr=lr, seed=seed + layer, progress=progress)
-            train_acts = _window_activations(model, hook, train_w)
-            mu, _, _ = sae_quality(sae, train_acts)
-            held_acts = _window_activations(model, hook, held_w) if n_hold else train_acts
-            _, layer_fvu, layer_l0 = sae_quality(sae, held_acts)
+            sae = train_sae_with_runner(model, hook_template.format(layer=layer), train_w, expansion=expansion, k=k,
+                                        steps=steps, batch_size=batch_size, lr=lr, seed=seed + layer,
+                                        progress=progress)
+            mu, _, _ = sae_quality(sae, train_acts[layer])
+            _, layer_fvu, layer_l0 = sae_quality(sae, held_acts[layer])
             saes[layer], mean_active[layer], fvu[layer], l0[layer] = sae, mu, layer_fvu, layer_l0
         n_tokens = int(train_w.numel())
         how = "sae_lens.LanguageModelSAETrainingRunner (override_model)"
@@ -309,17 +321,5 @@ def train_saes(model: Any, corpus: Any, *, layers: Sequence[int] | None = None, 
     return SAEBank(model, saes, mean_active, hook_template, fvu, l0, info)
 
 
-@torch.no_grad()
-def _window_activations(model: Any, hook_name: str, windows: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """[tokens, d] float32 activations at ``hook_name`` over ``windows`` (trailing dims flattened)."""
-    layer = int(hook_name.split(".")[1]) + 1 if hook_name.startswith("blocks.") else None
-    out = []
-    for inputs in _batches(windows, batch_size):
-        _, cache = model.run_with_cache(inputs.to(model.device), names_filter=[hook_name], stop_at_layer=layer)
-        flat = flat_features(cache[hook_name])
-        out.append(flat.reshape(-1, flat.shape[-1]).float().cpu())
-    return torch.cat(out)
-
-
-__all__ = ["SAE_TRAINERS", "collect_activations", "hook_width", "sae_quality", "train_sae", "train_sae_with_runner",
-           "train_saes"]
+__all__ = ["SAE_TRAINERS", "capture_activations", "collect_activations", "hook_width", "sae_quality", "train_sae",
+           "train_sae_with_runner", "train_saes"]

@@ -44,6 +44,11 @@ def _as_slice(value: Any) -> Slice:
     return value if isinstance(value, Slice) else Slice(value)
 
 
+
+def is_moe(model: Any) -> bool:
+    """True for a model with routed experts (HookedMONET), False for e.g. the dense baseline."""
+    return hasattr(model.blocks[0], "moe")
+
 class HookedActivationCache(ActivationCache):
     """ActivationCache of a HookedCausalLM (see the module docstring for what differs)."""
 
@@ -60,7 +65,7 @@ class HookedActivationCache(ActivationCache):
             return self.cache_dict[real]
 
     def _is_moe(self) -> bool:
-        return hasattr(self.model.blocks[0], "moe")
+        return is_moe(self.model)
 
     def _norm(self, layer: int, mlp_input: bool) -> tuple[str, torch.nn.Module]:
         n_layers = self.model.cfg.n_layers

@@ -21,6 +21,8 @@ DECOMPOSITIONS = ("vertical", "horizontal")
 #   "top1":      each head keeps exactly one i and one j (the top-1 multi-head variant; see
 #                monet_interp.components.router for the gate design).
 ROUTINGS = ("threshold", "topk", "top1")
+# The model_type of a config.json without one (MONET's released configs always carry it).
+DEFAULT_MODEL_TYPE = "monet"
 
 
 class ConfigError(ValueError):
@@ -62,20 +64,40 @@ class TransformerLensAliases:
 C = TypeVar("C", bound="ModelConfig")
 
 
+@dataclass
 class ModelConfig(TransformerLensAliases):
-    """What the configs of this project's models share (MonetConfig, DenseConfig): the HF-style
-    config.json round trip (unknown keys kept in ``extra``), validation of the Llama fields with
-    the offending field named, and the TransformerLens aliases.
+    """What the configs of this project's models share (MonetConfig, DenseConfig): the Llama
+    fields of config.json (defaults: MONET's; DenseConfig overrides some), the HF-style config.json
+    round trip (unknown keys kept in ``extra``), validation of the Llama fields with the offending
+    field named, and the TransformerLens aliases.
 
-    Subclasses are dataclasses with the HF fields plus ``model_type``, ``extra`` and ``device``,
-    and set ``MODEL_TYPE`` (the config.json ``model_type``) and ``ARCHITECTURE``."""
+    Subclasses are dataclasses adding their own fields and ``model_type``, and set ``MODEL_TYPE``
+    (the config.json ``model_type``) and ``ARCHITECTURE``."""
 
     MODEL_TYPE: ClassVar[str] = ""
     ARCHITECTURE: ClassVar[str] = ""
-    # config.json may omit model_type for this type (released MONET configs always carry it)
-    MODEL_TYPE_OPTIONAL: ClassVar[bool] = False
     POSITIVE_INT_FIELDS: ClassVar[tuple[str, ...]] = ()
     ACTIVATION_HINT: ClassVar[str] = 'must be "relu2"'
+
+    vocab_size: int = 32000
+    hidden_size: int = 2048
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    num_key_value_heads: int | None = None
+    hidden_act: str = "relu2"
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    attention_bias: bool = False
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    pad_token_id: int | None = None
+    initializer_range: float = 0.02
+    # Unknown keys of a config.json are kept here so that a round trip loses nothing.
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Where the model lives (set by the hooked model; never written to config.json).
+    device: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
@@ -125,11 +147,8 @@ class ModelConfig(TransformerLensAliases):
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
-        found = data.get("model_type", cls.MODEL_TYPE if cls.MODEL_TYPE_OPTIONAL else None)
-        if found != cls.MODEL_TYPE:
-            raise ConfigError(f"config.json has model_type={data.get('model_type')!r}; expected {cls.MODEL_TYPE!r}")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "device"}
-        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs = {"model_type": DEFAULT_MODEL_TYPE, **{k: v for k, v in data.items() if k in known}}
         extra = {k: v for k, v in data.items() if k not in known and k != "architectures"}
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if isinstance(kwargs.get(key), list):  # some configs list several eos ids
@@ -158,28 +177,12 @@ class ModelConfig(TransformerLensAliases):
 class MonetConfig(ModelConfig):
     MODEL_TYPE: ClassVar[str] = "monet"
     ARCHITECTURE: ClassVar[str] = "MonetForCausalLM"
-    MODEL_TYPE_OPTIONAL: ClassVar[bool] = True
     ACTIVATION_HINT: ClassVar[str] = 'MONET uses "relu2" (squared ReLU); no other activation is supported'
     POSITIVE_INT_FIELDS: ClassVar[tuple[str, ...]] = (
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
         "max_position_embeddings", "moe_dim", "moe_heads", "moe_experts", "moe_topk", "moe_groups")
 
-    vocab_size: int = 32000
-    hidden_size: int = 2048
-    num_hidden_layers: int = 24
-    num_attention_heads: int = 16
-    num_key_value_heads: int | None = None
-    hidden_act: str = "relu2"
-    max_position_embeddings: int = 2048
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
     rope_scaling: dict | None = None
-    attention_bias: bool = False
-    tie_word_embeddings: bool = False
-    bos_token_id: int | None = 1
-    eos_token_id: int | None = 2
-    pad_token_id: int | None = None
-    initializer_range: float = 0.02
     moe_dim: int = 8
     moe_heads: int = 8
     moe_experts: int = 512
@@ -192,10 +195,6 @@ class MonetConfig(ModelConfig):
     # monet_interp.components.router). Not in released configs; written only when True.
     moe_selection_bias: bool = False
     model_type: str = "monet"
-    # Unknown keys of a config.json are kept here so that a round trip loses nothing.
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
-    # Where the model lives (set by HookedMONET; never written to config.json).
-    device: str | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ derived sizes
     @property

@@ -20,8 +20,8 @@ Checkpoints use the same HF-like folder format as MONET (config.json with
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -46,25 +46,16 @@ class DenseConfig(ModelConfig):
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "max_position_embeddings")
 
+    # ModelConfig's fields whose defaults differ, then the dense ones
     vocab_size: int = 4096
     hidden_size: int = 192
-    intermediate_size: int = 768
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
-    num_key_value_heads: int | None = None
-    hidden_act: str = "relu2"
     max_position_embeddings: int = 1024
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    attention_bias: bool = False
     tie_word_embeddings: bool = True
-    bos_token_id: int | None = 1
-    eos_token_id: int | None = 2
     pad_token_id: int | None = 0
-    initializer_range: float = 0.02
+    intermediate_size: int = 768
     model_type: str = MODEL_TYPE
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
-    device: str | None = field(default=None, repr=False, compare=False)
 
     # TransformerLens-style aliases beyond TransformerLensAliases
     @property
@@ -85,13 +76,9 @@ class DenseConfig(ModelConfig):
 def matched_dense_config(cfg: MonetConfig, multiple_of: int = 16) -> DenseConfig:
     """The dense config with MONET's shape whose parameter count is closest to ``cfg.num_parameters()``
     (MLP width rounded to ``multiple_of``)."""
-    base = DenseConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=multiple_of,
-                       num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-                       num_key_value_heads=cfg.num_key_value_heads,
-                       max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=float(cfg.rms_norm_eps),
-                       rope_theta=float(cfg.rope_theta), tie_word_embeddings=cfg.tie_word_embeddings,
-                       bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
-                       initializer_range=float(cfg.initializer_range))
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig) if f.name not in ("extra", "device")}
+    floats = {name: float(shared[name]) for name in ("rms_norm_eps", "rope_theta", "initializer_range")}
+    base = DenseConfig(**{**shared, **floats}, intermediate_size=multiple_of)
     per_unit = 2 * cfg.hidden_size * cfg.num_hidden_layers
     width = (cfg.num_parameters() - base.num_parameters()) / per_unit + multiple_of
     width = max(multiple_of, int(round(width / multiple_of)) * multiple_of)

@@ -434,10 +434,15 @@ class HookedCausalLM(HookedRootModule):
         bf16 checkpoints; pass dtype=torch.bfloat16 to keep them in bf16)."""
         source = str(name_or_path or cls.default_checkpoint)
         folder = loading.resolve_checkpoint(source)
-        if not (folder / loading.CONFIG_NAME).is_file():
-            raise loading.CheckpointError(f"{folder} has no {loading.CONFIG_NAME}")
-        loading.check_model_type(folder, cls.config_class.MODEL_TYPE, f"{cls.__name__}.from_pretrained", source)
-        cfg = cls.config_class.from_json_file(folder / loading.CONFIG_NAME)
+        config = loading.read_config(folder)
+        loading.check_model_type(config, cls.config_class.MODEL_TYPE, f"{cls.__name__}.from_pretrained", source)
+        return cls.load_folder(folder, config, device=device, dtype=dtype)
+
+    @classmethod
+    def load_folder(cls, folder: Path, config: Any, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None):
+        """``from_pretrained`` of a resolved checkpoint folder whose config.json was read as ``config``."""
+        cfg = cls.config_class.from_dict(config)
         with torch.device("meta"):
             model = cls(cfg, MonetTokenizer.from_folder(folder), device="meta")
         model.load_hf_state_dict(loading.read_state_dict(folder), str(folder), assign=True)

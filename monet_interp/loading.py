@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from monet_interp.config import DEFAULT_MODEL_TYPE, ConfigError
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -174,7 +176,7 @@ def hub_error_message(repo_id: str, err: BaseException) -> str:
     reason = reason if len(reason) <= 300 else reason[:297] + "..."
     return (f"could not fetch {repo_id!r} from the Hugging Face hub ({type(err).__name__}: {reason}); to use it "
             f"offline, download it where there is network with `huggingface-cli download {repo_id} --local-dir "
-            f"FOLDER` (or `hf download`), copy FOLDER here and load HookedMONET.from_pretrained('FOLDER'); "
+            f"FOLDER` (or `hf download`), copy FOLDER here and load it with monet_interp.load_model('FOLDER'); "
             f"embedded checkpoints: {', '.join(embedded_names()) or 'none'}")
 
 
@@ -205,23 +207,32 @@ MODEL_CLASSES: dict[str, tuple[str, str]] = {
     "monet": ("monet_interp.model", "HookedMONET"),
     "dense-llama": ("monet_interp.dense", "HookedDense"),
 }
-DEFAULT_MODEL_TYPE = "monet"  # a config.json without model_type (MONET's own configs always carry it)
 
 
-def read_model_type(folder: Path) -> str | None:
-    """The ``model_type`` of ``folder``'s config.json (DEFAULT_MODEL_TYPE when absent), or None when
-    the file is missing or not a JSON object (the config class then reports why)."""
+def read_config(folder: Path) -> Any:
+    """The parsed config.json of ``folder`` (CheckpointError when missing, ConfigError when it is
+    not JSON)."""
+    path = folder / CONFIG_NAME
     try:
-        data = json.loads((folder / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data.get("model_type", DEFAULT_MODEL_TYPE) if isinstance(data, dict) else None
+        text = path.read_text()
+    except OSError as err:
+        raise CheckpointError(f"{folder} has no readable {CONFIG_NAME}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from err
 
 
-def check_model_type(folder: Path, model_type: str, loader: str, source: str) -> None:
-    """CheckpointError (one line naming the right loader) when ``folder`` holds a known model type
+def model_type_of(config: Any) -> str | None:
+    """The ``model_type`` of a parsed config.json (DEFAULT_MODEL_TYPE when absent), None when it
+    is not a JSON object (the config class then reports why)."""
+    return config.get("model_type", DEFAULT_MODEL_TYPE) if isinstance(config, dict) else None
+
+
+def check_model_type(config: Any, model_type: str, loader: str, source: str) -> None:
+    """CheckpointError (one line naming the right loader) when ``config`` is of a known model type
     other than ``model_type``; unknown types are left to the config class's own error."""
-    found = read_model_type(folder)
+    found = model_type_of(config)
     if found is None or found == model_type or found not in MODEL_CLASSES:
         return
     right = MODEL_CLASSES[found][1]
@@ -244,7 +255,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     """HookedMONET or HookedDense, chosen by the ``model_type`` of the checkpoint's config.json
     (an embedded name, a local HF-format folder or a hub id; arguments as in ``from_pretrained``)."""
     folder = resolve_checkpoint(name_or_path)
-    model_type = read_model_type(folder)
+    config = read_config(folder)
+    model_type = model_type_of(config)
     if model_type is None:
-        raise CheckpointError(f"{folder} has no readable {CONFIG_NAME}")
-    return model_class(model_type).from_pretrained(folder, device=device, dtype=dtype)
+        raise ConfigError(f"{folder / CONFIG_NAME} is not a JSON object")
+    return model_class(model_type).load_folder(folder, config, device=device, dtype=dtype)

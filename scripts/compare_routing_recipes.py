@@ -2,12 +2,17 @@
 
     python scripts/compare_routing_recipes.py --corpus data/corpus --steps 150 --jobs 2 --out runs/recipes
 
-Each recipe is a set of trainer options (``monet-interp train``) on top of the same base run
-(same seed, batches, schedule and shape as the embedded models, only shorter). Runs are
-resumable and skipped when finished, so the script can be re-run to add recipes. The table
-(markdown, also written to ``OUT/recipes.md`` and ``OUT/recipes.json``) gives held-out bits per byte
-and, per routing group on validation text (running BatchNorm statistics, as at inference), the
-share of dead expert pairs, dead rows i / columns j and the maximal load violation.
+Each recipe is a set of trainer options (``monet-interp train``) on top of the same base run. It
+shares with the embedded models (``scripts/train_embedded.sh``) the seed, the shape, batch 32 x 128,
+the peak learning rate and the label weighting (--label-power, default 0.5), hence the batch of
+each step; it differs in length (--steps, default 150, the cosine decay spread over those steps),
+a 30-step warmup (embedded: 100), float32 instead of bf16 autocast, no selection-bias balancing
+in the base recipe (the embedded MONET runs are "absolute bias u=1e-2") and 16 test windows per
+label (embedded: 64). Runs are resumable and skipped when finished, so the script can be re-run
+to add recipes. The table (markdown, also written to ``OUT/recipes.md`` and ``OUT/recipes.json``)
+gives held-out bits per byte and, per routing group on validation text (running BatchNorm
+statistics, as at inference), the share of dead expert pairs, dead rows i / columns j and the
+maximal load violation.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from html import escape
 from pathlib import Path
 
@@ -140,7 +141,11 @@ def main() -> int:
     names = args.names or [r.name for r in args.runs]
     if len(names) != len(args.runs):
         parser.error("--names needs one name per run")
-    runs = {name: read_curves(run, args.smooth) for name, run in zip(names, args.runs)}
+    try:
+        runs = {name: read_curves(run, args.smooth) for name, run in zip(names, args.runs)}
+    except ValueError as err:  # a history without training steps
+        print(f"plot_training: error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".svg").write_text(svg_figure(runs))

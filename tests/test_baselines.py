@@ -12,6 +12,7 @@ from tiny_models import hand_bank, tiny_corpus, tiny_dense
 
 from monet_interp.analyses.baselines import collect_activations, sae_quality, train_saes
 from monet_interp.analyses.unlearning import Method, UnlearningError, run_unlearning, select_random
+from monet_interp.stats import window_statistics
 from monet_interp.units import NeuronUnits, SAEUnits, UnitError
 
 
@@ -53,7 +54,7 @@ def test_neuron_statistics_match_cache():
     model = tiny_dense()
     units = NeuronUnits(model, layers=[1])
     windows = torch.randint(3, 48, (3, 9), generator=torch.Generator().manual_seed(1))
-    stats = units.statistics(windows, batch_size=2)
+    stats = window_statistics(model, units, windows[:, :-1], batch_size=2)
     _, cache = model.run_with_cache(windows[:, :-1], names_filter="blocks.1.mlp.hook_post")
     act = cache["blocks.1.mlp.hook_post"].reshape(-1, units.width).double()
     assert torch.allclose(stats["mean"], act.mean(0))
@@ -147,7 +148,9 @@ def test_baselines_end_to_end_with_saelens():
                             fractions=(0.05, 0.2), stop_after_budget=None, refine_steps=0, byte_lengths=None)
     s = result.summary.set_index("method")
     assert list(s.index) == [m.name for m in methods]
-    assert s.loc["neurons random", "n_removed"] == s.loc["neurons ratio", "n_removed"]  # matched count
+    # a random control copies the count of the 2x rule on the same units
+    assert s.loc["neurons random", "n_removed"] == s.loc["neurons 2x", "n_removed"]
+    assert result.methods[2]["match"] == "neurons 2x"
     assert s.loc["SAE ratio", "n_units"] == 2 * 32 and s.loc["neurons ratio", "n_units"] == 2 * 32
     assert np.isfinite(s[["d_target_top1", "d_others_top1", "d_target_bpb"]].to_numpy()).all()
     # spliced: measured against the clean model, so splicing itself shows up on every label

@@ -11,7 +11,9 @@ import torch
 
 from monet_interp import ConfigError, DenseConfig, HookedDense, HookedMONET, MonetConfig, load_model
 from monet_interp.config import ModelConfig
-from monet_interp.loading import CheckpointError, read_model_type, resolve_checkpoint
+from safetensors.torch import load_file
+
+from monet_interp.loading import CheckpointError, hf_to_hooked_key, model_type_of, read_config, resolve_checkpoint
 
 
 @pytest.mark.parametrize(("name", "cls"), [("dense-tiny", HookedDense), ("monet-vd-tiny", HookedMONET),
@@ -19,9 +21,10 @@ from monet_interp.loading import CheckpointError, read_model_type, resolve_check
 def test_load_model_dispatches_by_model_type(name, cls):
     model = load_model(name)
     assert type(model) is cls and model.checkpoint_path.endswith(name)
-    ref = cls.from_pretrained(name)
-    for (key, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
-        assert torch.equal(a, b), key
+    saved = load_file(str(resolve_checkpoint(name) / "model.safetensors"))
+    state = model.state_dict()
+    for key, value in saved.items():
+        assert torch.equal(state[hf_to_hooked_key(key, model.layer_renames)], value.float()), key
 
 
 @pytest.mark.parametrize(("cls", "name", "right"), [(HookedMONET, "dense-tiny", "HookedDense"),
@@ -37,16 +40,23 @@ def test_from_pretrained_of_the_other_model_type_names_the_right_loader(cls, nam
 def test_unknown_or_missing_model_type(tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    assert read_model_type(folder) is None
+    with pytest.raises(CheckpointError, match="has no readable config.json"):
+        load_model(folder)
+    with pytest.raises(CheckpointError, match="has no readable config.json"):
+        HookedMONET.from_pretrained(folder)
+    (folder / "config.json").write_text("[1, 2]")
+    assert model_type_of(read_config(folder)) is None
+    with pytest.raises(ConfigError, match="is not a JSON object"):
+        load_model(folder)
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(CheckpointError, match="unknown model_type 'gpt2'"):
         load_model(folder)
-    with pytest.raises(ConfigError, match="expected 'monet'"):  # left to the config's own check
+    with pytest.raises(ConfigError, match='model_type=\'gpt2\': must be "monet"'):  # the config's own check
         HookedMONET.from_pretrained(folder)
     cfg = json.loads((resolve_checkpoint("monet-vd-tiny") / "config.json").read_text())
     del cfg["model_type"]  # a MONET config without model_type still reads as MONET
     (folder / "config.json").write_text(json.dumps(cfg))
-    assert read_model_type(folder) == "monet"
+    assert model_type_of(read_config(folder)) == "monet"
 
 
 @pytest.mark.parametrize("cls", [MonetConfig, DenseConfig])

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monet_interp import HookedMONET, MonetConfig
+from tiny_models import steering_cfg
+
+from monet_interp import HookedMONET
 from monet_interp.editing.router_steering import RouterLogitSteer, force_router_logits
 
 ROUTINGS = ("threshold", "topk", "top1")
@@ -16,11 +18,7 @@ TOKENS = torch.tensor([[1, 5, 9, 14, 3, 22, 7], [1, 30, 2, 8, 8, 40, 11]])
 
 
 def biased_model(routing: str, seed: int = 3, bias: bool = True) -> HookedMONET:
-    cfg = MonetConfig(vocab_size=61, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, moe_dim=4,
-                      moe_heads=2, moe_experts=8, moe_topk=3, moe_groups=2, moe_decompose="vertical",
-                      moe_routing=routing, max_position_embeddings=64, initializer_range=0.3, pad_token_id=0,
-                      moe_selection_bias=bias)
-    model = HookedMONET(cfg)
+    model = HookedMONET(steering_cfg(routing=routing, moe_selection_bias=bias))
     model.init_weights(seed)
     gen = torch.Generator().manual_seed(seed)
     for block in model.blocks:
@@ -113,3 +111,17 @@ def test_zero_biases_equal_the_raw_logit_rule(routing):
     want[..., 0, 0] = logits[..., 0, :].amin(-1) - 2.0
     assert torch.equal(down, want)
     assert torch.equal(force_router_logits(logits, {0: [0]}, "deactivate", 2.0), down)  # no router: same rule
+
+
+def test_force_router_logits_errors_and_target_forms():
+    logits = torch.randn(2, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="cannot deactivate all"):
+        force_router_logits(logits, {0: list(range(6))}, "deactivate")
+    with pytest.raises(ValueError, match="mode must be 'activate' or 'deactivate', got 'boost'"):
+        force_router_logits(logits, {0: [1]}, "boost")
+    with pytest.raises(ValueError, match="mode must be 'activate' or 'deactivate', got 'boost'"):
+        RouterLogitSteer({1: {0: (1, 2)}}, mode="boost")
+    # targets: one (i, j) per head, as select_top1_targets gives, or lists of pairs (e.g. from JSON)
+    assert RouterLogitSteer({1: {0: (1, 2)}}).targets == {1: {0: [(1, 2)]}}
+    assert RouterLogitSteer({1: {0: [1, 2]}}).targets == {1: {0: [(1, 2)]}}
+    assert RouterLogitSteer({1: {0: [[1, 2], (3, 4)]}}).targets == {1: {0: [(1, 2), (3, 4)]}}

@@ -318,10 +318,13 @@ def test_unit_stats_of_experts_equal_routing_view(model, corpus):
     np.testing.assert_array_equal(us.sample_key, view.sample_key)
     np.testing.assert_allclose(us.sample_act, view.sample_act, rtol=1e-6, atol=1e-7)
     assert view.unit_label(8 * 3 + 4) == "g1:(3,4)"
-    # a subset of experts
-    sub = compute_unit_stats(model, corpus, monet_experts(model.cfg, 1, [(3, 4), 7]), seq_len=16, top_k=0,
-                             fire_threshold=0.05, progress=False)
+    # a subset of experts; fire_threshold defaults to the unit set's
+    subset = monet_experts(model.cfg, 1, [(3, 4), 7])
+    subset.fire_threshold = 0.05
+    sub = compute_unit_stats(model, corpus, subset, seq_len=16, top_k=0, progress=False)
     np.testing.assert_allclose(sub.act_sum, view.act_sum[:, [28, 7]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(sub.fire_count, view.fire_count[:, [28, 7]])
+    assert sub.fire_threshold == 0.05
     assert sub.unit_names == ["g1:(3,4)", "g1:(0,7)"]
 
 

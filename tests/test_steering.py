@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from expansion_reference import expert_outputs
-from tiny_models import cast_keeping_router_stats
+from tiny_models import cast_keeping_router_stats, steering_cfg
 
-from monet_interp import HookedMONET, MonetConfig, MonetTokenizer
+from monet_interp import HookedMONET, MonetTokenizer
 from monet_interp.editing.interventions import AddVector, ExpertBoost, Top1Replace, replace_top1
 from monet_interp.editing.router_steering import RouterLogitSteer, force_router_logits
 from monet_interp.analyses.steering import (
@@ -48,10 +48,7 @@ DECOMPOSITIONS = ("vertical", "horizontal")
 # ---------------------------------------------------------------------------- fixtures
 def tiny_model(decompose: str = "vertical", routing: str = "threshold", seed: int = 0, experts: int = 8,
                heads: int = 2, tokenizer: MonetTokenizer | None = None) -> HookedMONET:
-    cfg = MonetConfig(vocab_size=61, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, moe_dim=4,
-                      moe_heads=heads, moe_experts=experts, moe_topk=3, moe_groups=2, moe_decompose=decompose,
-                      moe_routing=routing, max_position_embeddings=64, initializer_range=0.3, pad_token_id=0)
-    model = HookedMONET(cfg, tokenizer)
+    model = HookedMONET(steering_cfg(decompose, routing, experts, heads), tokenizer)
     model.init_weights(seed)
     return cast_keeping_router_stats(model, torch.float64)
 
@@ -167,26 +164,6 @@ def test_top1_replacement_changes_only_the_chosen_head(decompose, gate, alpha):
 
 
 # ---------------------------------------------------------------------------- SteerMoE (router logits)
-def test_force_router_logits_pure_function():
-    logits = torch.randn(2, 3, 4, 6, generator=torch.Generator().manual_seed(0))
-    up = force_router_logits(logits, {1: [2, 5]}, "activate", margin=0.5)
-    want = logits[..., 1, :].amax(-1) + 0.5
-    assert torch.equal(up[..., 1, 2], want) and torch.equal(up[..., 1, 5], want)
-    keep = [e for e in range(6) if e not in (2, 5)]
-    assert torch.equal(up[..., 1, keep], logits[..., 1, keep])
-    assert torch.equal(up[..., [0, 2, 3], :], logits[..., [0, 2, 3], :])
-    down = force_router_logits(logits, {3: [0]}, "deactivate", margin=2.0)
-    assert torch.equal(down[..., 3, 0], logits[..., 3, :].amin(-1) - 2.0)
-    with pytest.raises(ValueError, match="cannot deactivate all"):
-        force_router_logits(logits, {0: list(range(6))}, "deactivate")
-    with pytest.raises(ValueError, match="mode"):
-        force_router_logits(logits, {0: [1]}, "boost")
-    # targets: one (i, j) per head, as select_top1_targets gives, or lists of pairs (e.g. from JSON)
-    assert RouterLogitSteer({1: {0: (1, 2)}}).targets == {1: {0: [(1, 2)]}}
-    assert RouterLogitSteer({1: {0: [1, 2]}}).targets == {1: {0: [(1, 2)]}}
-    assert RouterLogitSteer({1: {0: [[1, 2], (3, 4)]}}).targets == {1: {0: [(1, 2), (3, 4)]}}
-
-
 @pytest.mark.parametrize("routing", ["threshold", "topk", "top1"])
 def test_router_logit_steering_routes_through_the_router(routing):
     """Forcing logits before routing equals running the router's own rule on the forced logits

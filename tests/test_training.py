@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import numpy as np
@@ -46,7 +47,9 @@ class ToyCorpus:
     def tokens(self, label: str, split: str = "train") -> np.ndarray:
         return self._streams[(label, split)]
 
-    def sample_batch(self, split, batch_size, seq_len, generator, labels=None):
+    def sample_batch(self, split, batch_size, seq_len, generator, labels=None, label_power=0.0):
+        if label_power != 0.0:
+            raise NotImplementedError("ToyCorpus draws labels uniformly only (label_power=0)")
         labs = list(labels) if labels is not None else self.labels
         which = torch.randint(0, len(labs), (batch_size,), generator=generator).tolist()
         rows = []
@@ -145,10 +148,16 @@ def test_trainer_reduces_loss(tmp_path, corpus, kind):
 
 
 def test_threshold_training_updates_running_stats_only_with_batch_stats(tmp_path, corpus):
-    result = train(tiny_config(tmp_path, "vd", steps=3, test_windows=0, health_batches=0), corpus)
+    # evaluations (validation + expert health) after steps 1 and 2: training resumes with batch statistics
+    result = train(tiny_config(tmp_path, "vd", steps=3, test_windows=0, health_batches=1, eval_every=1), corpus)
     norm = result.model.blocks[0].moe.router.norm1
     assert int(norm.num_batches_tracked) == 3  # one update per training step, none from evaluation
     assert not torch.allclose(norm.running_var, torch.ones_like(norm.running_var))
+    written = [json.loads(line) for line in (result.out / "history.jsonl").read_text().splitlines()]
+    assert written == result.history
+    assert [(h["step"], h.get("eval")) for h in written if "eval" in h] == [
+        (1, "val"), (1, "health"), (2, "val"), (2, "health"), (3, "val"), (3, "health")]  # the final point too
+    assert written[-1]["dead_pair_share"] == [round(g["dead_pair_share"], 5) for g in result.health["groups"]]
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path, corpus):
@@ -244,6 +253,22 @@ def test_expert_health_report(tmp_path):
     expanded = ((g1[..., :, None] > 0) & (g2[..., None, :] > 0)).flatten(0, 2).any(0)  # [E, E]
     report_one = expert_health(model, tokens[:1])
     assert report_one["groups"][0]["dead_pair_share"] == pytest.approx(float((~expanded).float().mean()))
+    # max_vio by hand: kept counts per (head, expert) over both batches, worst (count - mean) / mean
+    worst = 0.0
+    for factor in ("g_row", "g_col"):
+        counts = sum((getattr(model(t, return_routing=True)[1][0], factor) > 0).flatten(0, 1).sum(0).double()
+                     for t in tokens)  # [head, expert]
+        for head in counts.tolist():
+            mean = sum(head) / len(head)
+            worst = max(worst, max((c - mean) / mean for c in head))
+    assert report["groups"][0]["max_vio"] == pytest.approx(worst)
+    # expert_health restores train mode and each router's use_batch_stats
+    routers = [block.moe.router for block in model.blocks]
+    assert all(r is not None for r in routers)  # one router per layer (moe_groups=1)
+    model.train()
+    routers[0].use_batch_stats, routers[1].use_batch_stats = True, False
+    expert_health(model, tokens)
+    assert model.training and [r.use_batch_stats for r in routers] == [True, False]
 
 
 def test_token_byte_lengths_are_exact_for_byte_level_bpe():

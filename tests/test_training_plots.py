@@ -63,3 +63,27 @@ def test_cli_writes_svg_and_html(tmp_path):
     bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nothing"), "--out", str(out)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no history.jsonl" in bad.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--smooth", "0"], "--smooth must be >= 1"),
+    (["--names", "a", "b"], "--names needs one name per run"),
+])
+def test_cli_rejects_bad_options(tmp_path, extra, message):
+    write_history(tmp_path / "vd")
+    bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "vd"), "--out", str(tmp_path / "f"), *extra],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and message in bad.stderr
+    assert not (tmp_path / "f.svg").exists()
+
+
+def test_cli_reports_a_history_without_training_steps(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "history.jsonl").write_text(json.dumps({"step": 3, "eval": "val", "mean_bpb": 2.0}) + "\n")
+    with pytest.raises(ValueError, match="no training steps"):
+        plot_training.read_curves(tmp_path / "empty", smooth=1)
+    bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "empty"), "--out", str(tmp_path / "f")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [f"plot_training: error: {tmp_path / 'empty'}/history.jsonl has no "
+                                               "training steps"]

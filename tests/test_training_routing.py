@@ -109,8 +109,10 @@ def test_load_violation_z_loss_and_bias_step_by_hand():
     routing = RoutingFactors(logits_row.softmax(-1), logits_col.softmax(-1), logits_row, logits_col)
     expected = 0.5 * (math.log(4.0) ** 2 + (1 + math.log(2.0)) ** 2)
     assert math.isclose(float(router_z_loss([routing, routing])), expected, rel_tol=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="raw logits"):
         router_z_loss([RoutingFactors(g, g)])
+    with pytest.raises(ValueError, match="at least one router layer"):
+        router_z_loss([])
 
 
 def test_label_power_draws_labels_by_size(tmp_path):
@@ -169,6 +171,8 @@ def test_absolute_balance_target_follows_the_sign_of_k_over_e_minus_load(tmp_pat
     torch.manual_seed(0)
     model = build_model(config, 64)
     _set_mode(model, config, True)
+    model.blocks[0].moe.router.selection_bias1[:, 0] = -100.0  # row expert 0 of layer 0: kept by no token
+    start = [block.moe.router.selection_bias1.clone() for block in model.blocks]
     batch = corpus.sample_batch("train", config.batch_size, config.seq_len, torch.Generator().manual_seed(0))
     with torch.no_grad():
         _, routers = model(batch, return_type=None, return_routing=True)
@@ -177,10 +181,17 @@ def test_absolute_balance_target_follows_the_sign_of_k_over_e_minus_load(tmp_pat
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0)  # weights stay put, so only the biases move
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    train_step(model, batch, config, optimizer, scheduler, params, 0)
-    for block, want in zip(model.blocks, expected):
-        torch.testing.assert_close(block.moe.router.selection_bias1, want)
+    record = train_step(model, batch, config, optimizer, scheduler, params, 0)
+    for block, before, want in zip(model.blocks, start, expected):
+        torch.testing.assert_close(block.moe.router.selection_bias1 - before, want)
     assert any(float(w.mean().abs()) > 0 for w in expected)  # not centred
+    # the step's routing metrics, recomputed from the same routing
+    vio = [max(max_load_violation(expert_load(r.g_row)), max_load_violation(expert_load(r.g_col))) for r in routers]
+    dead = [0.5 * sum(float((~(g > 0).flatten(0, -2).any(0)).float().mean()) for g in (r.g_row, r.g_col))
+            for r in routers]  # share of halves no token and no head keeps
+    assert record["max_vio"] == pytest.approx(vio, abs=5e-5)
+    assert record["dead_in_batch"] == pytest.approx(dead, abs=5e-5)
+    assert len(vio) == model.cfg.num_routers and max(vio) > 0 and dead[0] >= 0.5 / 8
 
 
 def test_routing_warmup_keeps_more_experts_early_and_restores_the_rule(tmp_path):
@@ -199,8 +210,28 @@ def test_routing_warmup_keeps_more_experts_early_and_restores_the_rule(tmp_path)
         kept.append(float((routers[0].g_row > 0).sum(-1).float().mean()))
     router.threshold_scale = 1.0
     assert kept[0] > kept[1]
-    result = train(tiny_config(tmp_path / "w", steps=4, routing_warmup_steps=3), corpus)
-    assert all(b.moe.router.threshold_scale == 1.0 for b in result.model.blocks if b.moe.router is not None)
+    # the trainer's step anneals sigma: scale step / warmup (0 at step 0), the plain rule from the warmup on
+    config = tiny_config(tmp_path / "w", steps=4, routing_warmup_steps=3)
+    _set_mode(model, config, True)
+    routers_modules = [block.moe.router for block in model.blocks]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.0)  # weights stay put between the steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    masks = {}
+    for step, scale in ((0, 0.0), (1, 1 / 3), (3, 1.0)):
+        for module in routers_modules:
+            module.threshold_scale = scale
+        with torch.no_grad():
+            _, routers = model(batch, return_type=None, return_routing=True)
+        for module in routers_modules:
+            module.threshold_scale = 1.0
+        seen = []
+        with model.hooks(fwd_hooks=[("blocks.0.moe.hook_g_row", lambda g, hook: seen.append(g.detach() > 0))]):
+            train_step(model, batch, config, optimizer, scheduler, params, step)
+        assert torch.equal(seen[0], routers[0].g_row > 0), step
+        assert all(module.threshold_scale == 1.0 for module in routers_modules)  # restored after the step
+        masks[step] = seen[0]
+    assert int(masks[0].sum()) > int(masks[3].sum())  # the warmup changed the kept count
 
 
 # ---------------------------------------------------------------------------- reference step = same math

@@ -24,6 +24,7 @@ from monet_interp.analyses.unlearning import (
     select_ratio,
 )
 from monet_interp.evaluation import EvalSet, EvaluationError, evaluate_sets, token_windows
+from monet_interp.stats import window_statistics
 from monet_interp.units import ExpertUnits, UnitError
 
 
@@ -165,8 +166,8 @@ def test_expert_statistics_match_direct_computation():
     windows = torch.randint(3, 48, (3, 11), generator=torch.Generator().manual_seed(2))
     units = ExpertUnits(model)
     per_head = ExpertUnits(model, heads="per-head", fire_threshold=0.05)
-    stats = units.statistics(windows, batch_size=2)
-    stats_h = per_head.statistics(windows, batch_size=2)
+    stats = window_statistics(model, units, windows[:, :-1], batch_size=2)
+    stats_h = window_statistics(model, per_head, windows[:, :-1], batch_size=2)
     _, cache = model.run_with_cache(windows[:, :-1], names_filter=lambda n: "hook_g_" in n)
     for g in range(cfg.num_routers):
         layer = cfg.layers_of_group(g)[0]

@@ -152,3 +152,12 @@ def hand_bank(model: HookedDense, d_sae: int = 24, k: int = 4) -> SAEBank:
     saes = {layer: LinearTopKSAE(model.cfg.d_model, d_sae, k, seed=layer) for layer in range(model.cfg.n_layers)}
     mean_active = {layer: torch.rand(d_sae, generator=torch.Generator().manual_seed(9)) + 0.5 for layer in saes}
     return SAEBank(model, saes, mean_active)
+
+
+def steering_cfg(decompose: str = "vertical", routing: str = "threshold", experts: int = 8, heads: int = 2,
+                 **overrides) -> MonetConfig:
+    """The 4-layer, 2-group MONET config of the steering tests (test_steering, test_router_steering)."""
+    return MonetConfig(vocab_size=61, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, moe_dim=4,
+                       moe_heads=heads, moe_experts=experts, moe_topk=3, moe_groups=2, moe_decompose=decompose,
+                       moe_routing=routing, max_position_embeddings=64, initializer_range=0.3, pad_token_id=0,
+                       **overrides)

@@ -20,24 +20,12 @@ SUBCOMMAND_MODULES = tuple(f"monet_interp.analyses.cli.{name}" for name in (
     "demo", "corpus", "train", "stats", "experts", "edit", "unlearning", "steering", "report"))
 
 
-def _import(module_name: str):
-    """The module, or None when a part it needs is not installed in this build."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):
-            return None
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monet-interp", description=(
         "See, delete and steer the experts of MONET language models."))
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
-        module = _import(module_name)
-        if module is not None:
-            module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -21,11 +21,6 @@ from monet_interp.analyses.cli.common import CliError, positive_int
 from monet_interp.analyses.report.windows import special_ids
 
 
-def _error(message: str) -> Exception:
-    """The CLI's user-facing error (printed without a traceback, exit code 2)."""
-    return CliError(message)
-
-
 def _expert(text: str) -> R.ExpertRef:
     try:
         return R.ExpertRef.parse(text)
@@ -80,14 +75,14 @@ def run_experts_command(args: argparse.Namespace) -> None:
     if args.ctx_len is None:
         args.ctx_len = min(128, cfg.max_position_embeddings)
     if args.ctx_len > cfg.max_position_embeddings:
-        raise _error(f"--ctx-len {args.ctx_len} exceeds the model's max_position_embeddings={cfg.max_position_embeddings}")
+        raise CliError(f"--ctx-len {args.ctx_len} exceeds the model's max_position_embeddings={cfg.max_position_embeddings}")
     if args.fire_threshold < 0:
-        raise _error(f"--fire-threshold must be >= 0, got {args.fire_threshold}")
+        raise CliError(f"--fire-threshold must be >= 0, got {args.fire_threshold}")
     if args.experts:
         try:
             experts = R.check_experts(cfg, args.experts)
         except R.ReportError as err:
-            raise _error(str(err)) from None
+            raise CliError(str(err)) from None
     corpus = open_corpus(args.corpus, model, verify=False)
     docs, windows, split = R.plan_report_windows(model, corpus, split=args.split, labels=args.labels,
                                                  ctx_len=args.ctx_len, max_tokens_per_label=args.max_tokens_per_label)
@@ -101,7 +96,7 @@ def run_experts_command(args: argparse.Namespace) -> None:
         groups = args.groups if args.groups else list(range(cfg.num_routers))
         bad = [g for g in groups if not 0 <= g < cfg.num_routers]
         if bad:
-            raise _error(f"--groups {bad} out of range (the model has {cfg.num_routers} routing groups)")
+            raise CliError(f"--groups {bad} out of range (the model has {cfg.num_routers} routing groups)")
         if args.routing_stats:
             from monet_interp.stats import RoutingStats
 
@@ -116,7 +111,7 @@ def run_experts_command(args: argparse.Namespace) -> None:
         for label, refs in per_label.items():
             print(f"  {label}: {', '.join(str(r) for r in refs) or 'no expert passes the 2x rule'}", file=sys.stderr)
         if not experts:
-            raise _error(f"no expert passes the 2x rule with >= {args.min_fires} firing tokens on this corpus; "
+            raise CliError(f"no expert passes the 2x rule with >= {args.min_fires} firing tokens on this corpus; "
                          f"lower --min-fires, add documents, or pass --experts")
         selection = f"top {args.top_per_label} per label (2x rule, >= {args.min_fires} firing tokens)"
     pages = R.build_report_data(model, windows, experts, documents=docs, fire_threshold=args.fire_threshold,

@@ -18,6 +18,8 @@ from dataclasses import fields, replace
 from typing import Any
 
 from monet_interp.analyses.cli.common import CliError
+from monet_interp.editing.interventions import BOOST_OPS, TOP1_GATES
+from monet_interp.editing.router_steering import MODES as ROUTER_MODES
 
 _TUPLE_FIELDS = ("monet_groups", "monet_layers", "monet_heads", "top1_groups", "steermoe_groups", "diffmean_layers",
                  "sae_layers", "prompt_labels")
@@ -41,7 +43,7 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stat-tokens", type=int, default=d.stat_tokens)
     p.add_argument("--kl-windows", type=int, default=d.kl_windows)
     p.add_argument("--monet-k", type=int, default=d.monet_k, help="experts per routing group")
-    p.add_argument("--monet-op", choices=("add", "set"), default=d.monet_op)
+    p.add_argument("--monet-op", choices=BOOST_OPS, default=d.monet_op)
     p.add_argument("--monet-groups", type=int, nargs="+", default=None)
     p.add_argument("--monet-layers", type=int, nargs="+", default=None, help="edit these layers only")
     p.add_argument("--monet-heads", type=int, nargs="+", default=None, help="per-head edits on these heads")
@@ -50,12 +52,12 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
                    help="unit ranking (experts, top-1 targets, SAE features): most used among those passing the "
                         "2x rule, or largest ratio")
     p.add_argument("--top1-heads", type=int, default=d.top1_heads, help="heads replaced per routing group")
-    p.add_argument("--top1-gate", choices=("keep", "set"), default=d.top1_gate)
+    p.add_argument("--top1-gate", choices=TOP1_GATES, default=d.top1_gate)
     p.add_argument("--top1-groups", type=int, nargs="+", default=None)
     p.add_argument("--top1-any-routing", action="store_true", help="also replace experts in non-top-1 models")
     p.add_argument("--steermoe-heads", type=int, default=None,
                    help="SteerMoE: heads per routing group whose router logits are forced (default: all)")
-    p.add_argument("--steermoe-mode", choices=("activate", "deactivate"), default=d.steermoe_mode)
+    p.add_argument("--steermoe-mode", choices=ROUTER_MODES, default=d.steermoe_mode)
     p.add_argument("--steermoe-groups", type=int, nargs="+", default=None)
     p.add_argument("--diffmean-site", choices=("mlp_out", "resid_post"), default=d.diffmean_site)
     p.add_argument("--diffmean-layers", type=int, nargs="+", default=None)

@@ -84,7 +84,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run_cli(args: argparse.Namespace) -> int:
     import torch
 
-    from monet_interp.analyses.unlearning import Method, expert_methods, run_unlearning
+    from monet_interp.analyses.unlearning import default_methods, run_unlearning
     from monet_interp.data import open_corpus
     from monet_interp.model import HookedMONET
 
@@ -100,45 +100,23 @@ def run_cli(args: argparse.Namespace) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     corpus = open_corpus(args.corpus, verify=False)
     model = HookedMONET.from_pretrained(args.model)
-    unit_kwargs = dict(scope=args.scope, heads=args.heads)
-    prefix = "MONET-VD" if model.cfg.is_vertical else "MONET-HD"
-    if model.cfg.moe_routing == "top1":
-        prefix = "top-1 MONET"
-    methods: list[Method] = expert_methods(model, args.methods, prefix=prefix, **unit_kwargs)
-    if args.top1_model:
-        top1 = HookedMONET.from_pretrained(args.top1_model)
-        methods += expert_methods(top1, args.top1_rules, prefix="top-1 MONET", **unit_kwargs)
-    sae_info = None
+    top1 = HookedMONET.from_pretrained(args.top1_model) if args.top1_model else None
+    dense = bank = None
     if args.dense_model:
         from monet_interp.analyses.baselines import train_saes
         from monet_interp.loading import load_model
-        from monet_interp.units import NeuronUnits, SAEUnits
 
         dense = load_model(args.dense_model)
-        if not args.no_neurons:
-            methods.append(Method(f"dense neurons {args.baseline_rule}", NeuronUnits(dense), args.baseline_rule))
         if not args.no_sae:
             log(f"training SAEs on {args.dense_model} MLP outputs ({args.sae_steps} steps per layer) ...")
             bank = train_saes(dense, corpus, labels=args.labels, tokens_per_label=args.sae_tokens_per_label,
                               seq_len=args.seq_len, expansion=args.sae_expansion, k=args.sae_k, steps=args.sae_steps,
                               seed=args.seed, progress=False)
-            sae_info = bank
             log("  SAEs: " + "; ".join(f"layer {k}: FVU {bank.fvu[k]:.3f}, L0 {bank.l0[k]:.1f}" for k in bank.layers)
                 + f" ({bank.info['seconds']:.1f} s)")
-            error_name = f"SAE (error kept) {args.baseline_rule}"
-            if "error" in args.sae_modes:
-                methods.append(Method(error_name, SAEUnits(bank, mode="error", clamp=args.sae_clamp),
-                                      args.baseline_rule))
-            if "spliced" in args.sae_modes:  # the same features, reconstruction spliced in
-                spliced = SAEUnits(bank, mode="spliced", clamp=args.sae_clamp)
-                if "error" in args.sae_modes:
-                    methods.append(Method("SAE (spliced) same features", spliced, "same", match=error_name))
-                else:
-                    methods.append(Method(f"SAE (spliced) {args.baseline_rule}", spliced, args.baseline_rule))
-    # random controls match the 2x rule of the same unit set when there is one
-    for m in methods:
-        if m.rule == "random" and m.match is None:
-            m.match = next((x.name for x in methods if x.units is m.units and x.rule == "2x"), None)
+    methods = default_methods(model, top1=top1, dense=None if args.no_neurons else dense, sae_bank=bank,
+                              monet_rules=args.methods, top1_rules=args.top1_rules, baseline_rule=args.baseline_rule,
+                              sae_modes=args.sae_modes, sae_clamp=args.sae_clamp, scope=args.scope, heads=args.heads)
     result = run_unlearning(
         None, corpus, forget=args.forget, methods=methods, labels=args.labels, statistic=args.statistic,
         fractions=args.fractions, retain_budget=args.retain_budget, refine_steps=args.refine_steps,
@@ -150,8 +128,8 @@ def run_cli(args: argparse.Namespace) -> int:
     total = time.perf_counter() - t0
     result.timing["wall_s_including_loading_and_sae_training"] = total
     result.timing["cpu_s_including_loading_and_sae_training"] = time.process_time() - cpu0
-    if sae_info is not None:
-        result.notes.append(f"SAEs: {sae_info.info}; FVU {sae_info.fvu}; L0 {sae_info.l0}")
+    if bank is not None:
+        result.notes.append(f"SAEs: {bank.info}; FVU {bank.fvu}; L0 {bank.l0}")
     out = Path(args.out)
     result.save(out, html=not args.no_html)
     tables = ["## Top-1 accuracy: dTarget / dOthers (points; units removed)", result.markdown("top1"), "",

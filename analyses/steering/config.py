@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from monet_interp.editing.interventions import BOOST_OPS, TOP1_GATES
+from monet_interp.editing.router_steering import MODES as ROUTER_MODES
+
 METHODS = ("monet", "top1", "sae", "diffmean", "steermoe")
 DEFAULT_CONCEPTS = ("python", "c", "rust", "shakespeare", "bible_kjv", "news_sport")
 
@@ -74,15 +77,15 @@ class SteeringConfig:
             raise ValueError("n_prompts must be >= 2 (half choose alpha, half report)")
         if self.monet_selection not in ("skew", "attribution"):
             raise ValueError(f"monet_selection must be 'skew' or 'attribution', got {self.monet_selection!r}")
-        if self.monet_op not in ("add", "set"):
+        if self.monet_op not in BOOST_OPS:
             raise ValueError(f"monet_op must be 'add' or 'set', got {self.monet_op!r}")
         if self.rank not in ("usage", "skew"):
             raise ValueError(f"rank must be 'usage' or 'skew', got {self.rank!r}")
         if self.sae_scale not in ("diffmean", "activation"):
             raise ValueError(f"sae_scale must be 'diffmean' or 'activation', got {self.sae_scale!r}")
-        if self.top1_gate not in ("keep", "set"):
+        if self.top1_gate not in TOP1_GATES:
             raise ValueError(f"top1_gate must be 'keep' or 'set', got {self.top1_gate!r}")
-        if self.steermoe_mode not in ("activate", "deactivate"):
+        if self.steermoe_mode not in ROUTER_MODES:
             raise ValueError(f"steermoe_mode must be 'activate' or 'deactivate', got {self.steermoe_mode!r}")
 
     def to_dict(self) -> dict[str, Any]:

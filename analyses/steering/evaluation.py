@@ -22,6 +22,7 @@ from monet_interp.analyses.steering.metrics import (
 )
 from monet_interp.analyses.steering.texts import classify
 from monet_interp.editing.interventions import Intervention
+from monet_interp.hooked_lm import HookedCausalLM
 
 
 class ConceptInputs(NamedTuple):
@@ -65,28 +66,29 @@ def _pad(prompts: Tensor, gens: list[list[int]], pad: int) -> tuple[Tensor, Tens
 
 
 @torch.no_grad()
-def _generation_nll(model: Any, prompts: Tensor, gens: list[list[int]], pad: int) -> np.ndarray:
-    """Mean NLL per generated token under the model as it is now (nan for an empty generation)."""
-    full, mask = _pad(prompts, gens, pad)
-    logits = model(full.to(model.device)).float().cpu()
-    nll = -torch.log_softmax(logits[:, :-1], -1).gather(-1, full[:, 1:, None]).squeeze(-1)
+def _logits(model: Any, full: Tensor) -> Tensor:
+    return model(full.to(model.device)).float().cpu()
+
+
+def _mean_over_generated(values: Tensor, mask: Tensor) -> np.ndarray:
+    """Mean of ``values`` [n, T-1] (predicting position k+1 from k) over the generated positions
+    (nan for an empty generation)."""
     m = mask[:, 1:]
-    total = (nll * m).sum(1)
     count = m.sum(1)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan"))).double().numpy()
+    return torch.where(count > 0, (values * m).sum(1) / count.clamp_min(1),
+                       torch.full((values.shape[0],), float("nan"))).double().numpy()
 
 
-@torch.no_grad()
-def _set_logprob_on(model: Any, full: Tensor, mask: Tensor, token_set: Sequence[int]) -> np.ndarray:
-    """Mean over generated positions of log P(next token in the set) [n] (contexts = ``full``)."""
+def _generation_nll(logits: Tensor, full: Tensor, mask: Tensor) -> np.ndarray:
+    """Mean NLL per generated token [n] under the model that gave ``logits`` of ``full``."""
+    return _mean_over_generated(HookedCausalLM.loss_fn(logits, full, per_token=True), mask)
+
+
+def _set_logprob(logits: Tensor, mask: Tensor, token_set: Sequence[int]) -> np.ndarray:
+    """Mean over generated positions of log P(next token in the set) [n]."""
     if not token_set:
-        return np.full(full.shape[0], np.nan)
-    logits = model(full.to(model.device)).float().cpu()
-    lp = set_logprob(logits[:, :-1], token_set)  # predicts position k+1 from k
-    m = mask[:, 1:]
-    count = m.sum(1)
-    return torch.where(count > 0, (lp * m).sum(1) / count.clamp_min(1),
-                       torch.full((full.shape[0],), float("nan"))).double().numpy()
+        return np.full(logits.shape[0], np.nan)
+    return _mean_over_generated(set_logprob(logits[:, :-1], token_set), mask)
 
 
 def evaluate_concept(model: Any, model_label: str, concept: str, interventions: Mapping[str, Intervention],
@@ -102,8 +104,9 @@ def evaluate_concept(model: Any, model_label: str, concept: str, interventions: 
     # ---- unsteered reference
     base_gens = _generate(model, prompt_t, cfg, None, 0.0)
     base_full, base_mask = _pad(prompt_t, base_gens, pad)
-    base_nll = _generation_nll(model, prompt_t, base_gens, pad)
-    base_setlp = _set_logprob_on(model, base_full, base_mask, token_set)
+    base_logits = _logits(model, base_full)
+    base_nll = _generation_nll(base_logits, base_full, base_mask)
+    base_setlp = _set_logprob(base_logits, base_mask, token_set)
     with torch.no_grad():
         base_kl_logits = model(kl_t.to(model.device)).float().cpu() if len(kl_t) else None
     base_texts = [tok.decode(g) for g in base_gens]
@@ -120,9 +123,10 @@ def evaluate_concept(model: Any, model_label: str, concept: str, interventions: 
                 kl = 0.0
             else:
                 gens = _generate(model, prompt_t, cfg, iv, alpha)
-                nll = _generation_nll(model, prompt_t, gens, pad)  # unsteered model scores it
+                full, mask = _pad(prompt_t, gens, pad)
+                nll = _generation_nll(_logits(model, full), full, mask)  # unsteered model scores it
                 with iv.context(model, alpha):
-                    setlp = _set_logprob_on(model, base_full, base_mask, token_set)
+                    setlp = _set_logprob(_logits(model, base_full), base_mask, token_set)
                     with torch.no_grad():
                         kl_logits = model(kl_t.to(model.device)).float().cpu() if len(kl_t) else None
                 kl = mean_token_kl(base_kl_logits, kl_logits) if kl_logits is not None else float("nan")

@@ -42,7 +42,7 @@ def collect_label_stats(model: Any, windows: Mapping[str, Tensor], saes: Mapping
     of every layer, the per-head routing weights of every expert (MONET) and the features of the
     given SAEs ({layer: sae} on ``blocks.{l}.hook_mlp_out``)."""
     from monet_interp.stats import label_statistics
-    from monet_interp.units import ExpertUnits, HookUnits
+    from monet_interp.units import ExpertUnits, HookUnits, sae_features
 
     cfg = model.cfg
     n_layers, d = cfg.num_hidden_layers, cfg.hidden_size
@@ -51,8 +51,8 @@ def collect_label_stats(model: Any, windows: Mapping[str, Tensor], saes: Mapping
     units = [HookUnits(f"blocks.{l}.hook_{site}", d) for site in ("mlp_out", "resid_post") for l in range(n_layers)]
     for l in sae_layers:
         dec = sae_decoder(saes[l])
-        units.append(HookUnits(f"blocks.{l}.hook_mlp_out", dec.shape[0],
-                               transform=lambda x, sae=saes[l], dtype=dec.dtype: sae_encode(sae, x.to(dtype))))
+        units.append(sae_features(f"blocks.{l}.hook_mlp_out",
+                                  lambda x, sae=saes[l], dtype=dec.dtype: sae_encode(sae, x.to(dtype)), dec.shape[0]))
     monet = is_monet(model)
     if monet:
         units.append(ExpertUnits(model, heads="per-head"))

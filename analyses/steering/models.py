@@ -9,20 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
-def is_monet(model: Any) -> bool:
-    """True for a HookedMONET (a model with routed experts), False for e.g. a dense baseline."""
-    return hasattr(model.cfg, "moe_experts") and hasattr(model.blocks[0], "moe")
+from monet_interp.activation_cache import is_moe as is_monet
+from monet_interp.units import model_name
 
 
 def is_top1(model: Any) -> bool:
     return is_monet(model) and getattr(model.cfg, "moe_routing", "threshold") == "top1"
-
-
-def model_name(model: Any, fallback: str = "model") -> str:
-    """The checkpoint folder's name, else ``fallback``."""
-    path = getattr(model, "checkpoint_path", None)
-    return Path(path).name if path else fallback
 
 
 def hook_name(layer: int, site: str) -> str:
@@ -42,7 +34,7 @@ def resolve_models(models: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, m in enumerate(models):
         model = _load(m) if isinstance(m, (str, Path)) else m
-        name = str(m) if isinstance(m, (str, Path)) else model_name(model, f"model{k}")
+        name = str(m) if isinstance(m, (str, Path)) else model_name(model)
         if name in out:
             name = f"{name}#{k}"
         out[name] = model

@@ -17,7 +17,8 @@ class Method:
     name: row label in the tables. rule: "2x", "ratio", "ratio-iter", "random" or "same".
     statistic: "mean" or "freq" (None: run_unlearning's default). fractions: curve grid for
     "ratio" (None: run_unlearning's). match: for "random", the name of the method whose count
-    it copies (None: the first non-random method on the same unit set, else the fraction grid);
+    it copies (None: the 2x method on the same unit set, else its first non-random method, else
+    the fraction grid);
     for "same", the method whose units it removes (required). factor / min_value: the 2x rule's
     factor and the statistic a unit must exceed on the forget label (0: any activity).
     """
@@ -49,25 +50,27 @@ def expert_methods(model: Any, rules: Sequence[str] = ("2x", "ratio", "random"),
 
 
 def default_methods(monet: Any, top1: Any = None, dense: Any = None, sae_bank: Any = None,
-                    monet_rules: Sequence[str] = ("2x", "ratio", "random"), baseline_rule: str = "ratio",
-                    sae_modes: Sequence[str] = ("error",)) -> list[Method]:
-    """The sweep of the README: MONET (2x, ratio, random), top-1 MONET (2x), dense neurons and SAE
-    features (error term kept) with the selective-pruning rule; with "spliced" in sae_modes also
-    the same SAE features removed with the reconstruction spliced in. Models left None are skipped."""
-    methods = expert_methods(monet, monet_rules, prefix="MONET-VD" if monet.cfg.is_vertical else "MONET-HD")
-    for m in methods:
-        if m.rule == "random":
-            m.match = next((x.name for x in methods if x.rule == "2x"), None)
+                    monet_rules: Sequence[str] = ("2x", "ratio", "random"), top1_rules: Sequence[str] = ("2x",),
+                    baseline_rule: str = "ratio", sae_modes: Sequence[str] = ("error",), sae_clamp: float = -2.0,
+                    **unit_kwargs: Any) -> list[Method]:
+    """The sweep of the README: MONET (2x, ratio, random; named "top-1 MONET" when ``monet`` routes
+    top-1), top-1 MONET (2x), dense neurons and SAE features (error term kept, removed features
+    clamped to ``sae_clamp`` times their mean active value) with the selective-pruning rule; with
+    "spliced" in sae_modes also the same SAE features removed with the reconstruction spliced in.
+    unit_kwargs (scope, heads) go to both models' ExpertUnits. Models left None are skipped; random
+    controls get their match in :func:`resolve_methods`."""
+    prefix = "top-1 MONET" if monet.cfg.moe_routing == "top1" else "MONET-VD" if monet.cfg.is_vertical else "MONET-HD"
+    methods = expert_methods(monet, monet_rules, prefix=prefix, **unit_kwargs)
     if top1 is not None:
-        methods += expert_methods(top1, ("2x",), prefix="top-1 MONET")
+        methods += expert_methods(top1, top1_rules, prefix="top-1 MONET", **unit_kwargs)
     if dense is not None:
         methods.append(Method(f"dense neurons {baseline_rule}", NeuronUnits(dense), baseline_rule))
     if sae_bank is not None:
         error_name = f"SAE (error kept) {baseline_rule}"
         if "error" in sae_modes:
-            methods.append(Method(error_name, SAEUnits(sae_bank, mode="error"), baseline_rule))
+            methods.append(Method(error_name, SAEUnits(sae_bank, mode="error", clamp=sae_clamp), baseline_rule))
         if "spliced" in sae_modes:  # the same features with the reconstruction spliced in
-            spliced = SAEUnits(sae_bank, mode="spliced")
+            spliced = SAEUnits(sae_bank, mode="spliced", clamp=sae_clamp)
             methods.append(Method("SAE (spliced) same features", spliced, "same", match=error_name)
                            if "error" in sae_modes else Method(f"SAE (spliced) {baseline_rule}", spliced, baseline_rule))
     return methods
@@ -93,8 +96,9 @@ def resolve_methods(model: Any, methods: Sequence[Any]) -> list[Method]:
     if len(set(names)) != len(names):
         raise UnlearningError(f"method names repeat: {names}")
     for m in out:
-        if m.rule == "random" and m.match is None:
-            m.match = next((x.name for x in out if x.units is m.units and x.rule != "random"), None)
+        if m.rule == "random" and m.match is None:  # the 2x method of the same units, else its first one
+            same_units = [x for x in out if x.units is m.units and x.rule != "random"]
+            m.match = next((x.name for x in same_units if x.rule == "2x"), same_units[0].name if same_units else None)
         if m.match is not None and m.match not in names:
             raise UnlearningError(f"method {m.name!r} matches unknown method {m.match!r}")
         if m.match is not None and names.index(m.match) > names.index(m.name):
@@ -105,7 +109,6 @@ def resolve_methods(model: Any, methods: Sequence[Any]) -> list[Method]:
                 raise UnlearningError(f"method {m.name!r} reuses the units of {m.match!r}, but their unit sets differ "
                                       f"in size ({m.units.n_units} vs {other.units.n_units})")
     return out
-
 
 
 __all__ = ["Method", "default_methods", "expert_methods", "resolve_methods"]

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monet_interp.analyses.unlearning.config import (DEFAULT_FRACTIONS, METRICS, STATISTICS, UnlearningConfig,
-                                                     UnlearningError, resolve_labels)
+from monet_interp.analyses.unlearning.config import (DEFAULT_FRACTIONS, METRICS, UnlearningConfig, UnlearningError,
+                                                     resolve_labels)
 from monet_interp.analyses.unlearning.methods import Method, resolve_methods
 from monet_interp.analyses.unlearning.result import UnlearningResult
 from monet_interp.analyses.unlearning.rules import (budget_point, forget_retain, rank_units, ratio_scores,
@@ -53,6 +53,7 @@ def run_unlearning(
     seed: int = 0,
     routing_stats: Any = None,
     progress: bool = False,
+    config: UnlearningConfig | None = None,
 ) -> UnlearningResult:
     """Forget each label of ``forget`` with each method; measure every label (see the module docstring).
 
@@ -77,13 +78,22 @@ def run_unlearning(
     byte_lengths: [vocab] UTF-8 bytes per token for bits per byte ("auto": from the corpus
         tokenizer via monet_interp.evaluation.token_byte_lengths; None: the corpus
         manifest's bytes per predicted token).
+    config: the settings above (statistic ... seed, without byte_lengths / routing_stats /
+        progress) as one :class:`UnlearningConfig`; when given, those keywords are not read.
     routing_stats: optional monet_interp.stats RoutingStats of ``model`` (group scope, all heads):
         used for the rule-name methods' statistics instead of a fresh pass.
     """
     t_start = time.perf_counter()
     cpu_start = time.process_time()
-    if statistic not in STATISTICS:
-        raise UnlearningError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    if config is None:
+        config = UnlearningConfig(
+            statistic=statistic, fractions=tuple(fractions), twox_prefixes=tuple(twox_prefixes), ratio_eps=ratio_eps,
+            iter_step=iter_step, iter_steps=iter_steps, iter_stat_tokens=iter_stat_tokens,
+            retain_budget=retain_budget, stop_after_budget=stop_after_budget, refine_steps=refine_steps,
+            seq_len=seq_len, stat_tokens=stat_tokens, eval_forget_tokens=eval_forget_tokens, eval_tokens=eval_tokens,
+            curve_forget_tokens=curve_forget_tokens, curve_retain_tokens=curve_retain_tokens,
+            skip_common=skip_common, batch_size=batch_size, stat_split=stat_split, select_split=select_split,
+            eval_split=eval_split, seed=seed)
     if not methods:
         raise UnlearningError("no methods given")
     all_labels = resolve_labels(corpus, labels)
@@ -93,25 +103,17 @@ def run_unlearning(
         raise UnlearningError(f"forget labels {missing} are not among the measured labels")
     if len(all_labels) < 2:
         raise UnlearningError("unlearning needs at least two labels (a forget set and a retain set)")
-    config = UnlearningConfig(
-        statistic=statistic, fractions=tuple(fractions), twox_prefixes=tuple(twox_prefixes), ratio_eps=ratio_eps,
-        iter_step=iter_step, iter_steps=iter_steps, iter_stat_tokens=iter_stat_tokens, retain_budget=retain_budget,
-        stop_after_budget=stop_after_budget, refine_steps=refine_steps, seq_len=seq_len, stat_tokens=stat_tokens,
-        eval_forget_tokens=eval_forget_tokens, eval_tokens=eval_tokens, curve_forget_tokens=curve_forget_tokens,
-        curve_retain_tokens=curve_retain_tokens, skip_common=skip_common, batch_size=batch_size, stat_split=stat_split,
-        select_split=select_split, eval_split=eval_split, seed=seed)
-    fractions = config.fractions
     method_list = resolve_methods(model, methods)
     models = list({id(m.units.model): m.units.model for m in method_list}.values())
-    max_ctx = min(int(getattr(m.cfg, "n_ctx", seq_len)) for m in models)
-    if seq_len > max_ctx:
-        raise UnlearningError(f"seq_len={seq_len} exceeds a model's context ({max_ctx})")
+    max_ctx = min(int(getattr(m.cfg, "n_ctx", config.seq_len)) for m in models)
+    if config.seq_len > max_ctx:
+        raise UnlearningError(f"seq_len={config.seq_len} exceeds a model's context ({max_ctx})")
     if isinstance(byte_lengths, str):
         if byte_lengths != "auto":
             raise UnlearningError(f"byte_lengths must be 'auto', None or a tensor, got {byte_lengths!r}")
         byte_lengths = default_byte_lengths(corpus, models)
     settings = config.settings("exact token byte lengths" if byte_lengths is not None else "manifest bytes/token")
-    sweep = Sweep(corpus, all_labels, settings, byte_lengths, progress)
+    sweep = Sweep(corpus, all_labels, config, byte_lengths, progress)
     sweep.prepare()
     label_index = {lab: k for k, lab in enumerate(all_labels)}
     if routing_stats is not None and model is not None:
@@ -128,7 +130,7 @@ def run_unlearning(
         f_idx = label_index[target]
         for mi, method in enumerate(method_list):
             units = method.units
-            stat_name = method.statistic or statistic
+            stat_name = method.statistic or config.statistic
             n = units.n_units
             curve: list[dict[str, Any]] = []
 
@@ -141,23 +143,24 @@ def run_unlearning(
                 return row
 
             def over_budget() -> bool:
-                return stop_after_budget is not None and curve[-1]["d_retain_top1"] < -stop_after_budget * retain_budget
+                stop = config.stop_after_budget
+                return stop is not None and curve[-1]["d_retain_top1"] < -stop * config.retain_budget
 
             def fraction_curve(order: torch.Tensor) -> int:
                 """Curve points at the fraction grid of ``order`` (stopping once far over the budget),
                 refinements around the budget point; returns the operating point."""
-                for k, frac in enumerate(method.fractions or fractions):
+                for k, frac in enumerate(method.fractions or config.fractions):
                     add_point(order[:max(1, round(frac * n))], k, f"fraction {frac:g}")
                     if over_budget():
                         break
-                for _ in range(refine_steps):
-                    count = refine_target(curve, retain_budget)
+                for _ in range(config.refine_steps):
+                    count = refine_target(curve, config.retain_budget)
                     if count is None:
                         break
                     add_point(order[:count], len(curve), "refinement")
-                return budget_point(curve, retain_budget)
+                return budget_point(curve, config.retain_budget)
 
-            rng_seed = seed * 1_000_003 + fi * 1009 + mi
+            rng_seed = config.seed * 1_000_003 + fi * 1009 + mi
             op, chosen = None, torch.zeros(0, dtype=torch.long)
             if method.rule == "same":
                 chosen = selections[(method.match, target)]
@@ -167,27 +170,27 @@ def run_unlearning(
                 op = fraction_curve(select_random(n, n, seed=rng_seed))
             elif method.rule == "2x":
                 chosen = select_2x(sweep.statistics(units)[stat_name], f_idx, method.factor, method.min_value)
-                if twox_prefixes and len(chosen):
-                    sizes = sorted({max(1, round(p * len(chosen))) for p in twox_prefixes} - {len(chosen)})
+                if config.twox_prefixes and len(chosen):
+                    sizes = sorted({max(1, round(p * len(chosen))) for p in config.twox_prefixes} - {len(chosen)})
                     for k, size in enumerate(sizes):
                         add_point(chosen[:size], k, "2x prefix")
                     add_point(chosen, len(sizes), "2x rule")
                     op = len(curve) - 1
             elif method.rule == "ratio":
                 i_f, i_r = forget_retain(sweep.statistics(units)[stat_name], f_idx)
-                op = fraction_curve(rank_units(ratio_scores(i_f, i_r, ratio_eps), tiebreak=i_f))
+                op = fraction_curve(rank_units(ratio_scores(i_f, i_r, config.ratio_eps), tiebreak=i_f))
             else:  # ratio-iter
                 removed = torch.zeros(0, dtype=torch.long)
-                per_step = max(1, round(iter_step * n))
-                for step in range(iter_steps):
+                per_step = max(1, round(config.iter_step * n))
+                for step in range(config.iter_steps):
                     stats = (sweep.statistics(units)[stat_name] if step == 0
                              else sweep.iter_statistics(units, removed, stat_name))
                     i_f, i_r = forget_retain(stats, f_idx)
-                    removed = torch.cat([removed, select_ratio(i_f, i_r, per_step, ratio_eps, exclude=removed)])
+                    removed = torch.cat([removed, select_ratio(i_f, i_r, per_step, config.ratio_eps, exclude=removed)])
                     add_point(removed, step, f"step {step + 1}")
                     if over_budget():
                         break
-                op = budget_point(curve, retain_budget)
+                op = budget_point(curve, config.retain_budget)
             if op is not None:
                 chosen = curve[op]["_removed"]
             op_count[(method.name, target)] = int(chosen.numel())
@@ -209,7 +212,7 @@ def run_unlearning(
                     prow[f"d_{metric}"] = float(edited[k, c] - clean[k, c])
                 rows.append(prow)
             point_rows += rows
-            summary = _summarise(method, target, sweep, rows, curve, op, n, retain_budget)
+            summary = _summarise(method, target, sweep, rows, curve, op, n, config.retain_budget)
             cached = sweep.cached_statistics(units)
             if cached is not None:  # how much of the label's activity the removed units carry
                 own = cached[stat_name][f_idx]
@@ -224,11 +227,10 @@ def run_unlearning(
     return UnlearningResult(
         clean=clean_frame, curves=pd.DataFrame(curve_rows), points=pd.DataFrame(point_rows),
         summary=pd.DataFrame(summary_rows), selections=selections,
-        methods=[dict(name=m.name, rule=m.rule, statistic=m.statistic or statistic, match=m.match,
+        methods=[dict(name=m.name, rule=m.rule, statistic=m.statistic or config.statistic, match=m.match,
                       units=m.units.info(), model=model_name(m.units.model)) for m in method_list],
         labels=all_labels, label_kinds={lab: sweep.data[lab].kind for lab in all_labels}, settings=settings,
         timing=timing, notes=sweep.notes)
-
 
 
 def _summarise(method: Method, target: str, sweep: Sweep, rows: list[dict[str, Any]], curve: list[dict[str, Any]],
@@ -260,7 +262,6 @@ def _summarise(method: Method, target: str, sweep: Sweep, rows: list[dict[str, A
         out["select_d_forget_top1"] = out["select_d_retain_top1"] = float("nan")
         out["select_d_forget_top1_at_budget"] = float("nan")
     return out
-
 
 
 __all__ = ["run_unlearning"]

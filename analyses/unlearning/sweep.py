@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monet_interp.analyses.unlearning.config import METRICS, UnlearningError
+from monet_interp.analyses.unlearning.config import METRICS, UnlearningConfig, UnlearningError
 from monet_interp.analyses.unlearning.methods import Method
 from monet_interp.evaluation import (
     EvalSet,
@@ -42,9 +42,9 @@ class Sweep:
 
     ROLES = ("curve_forget", "curve_retain", "test_forget", "test_retain")
 
-    def __init__(self, corpus: Any, labels: list[str], settings: dict[str, Any], byte_lengths: torch.Tensor | None,
+    def __init__(self, corpus: Any, labels: list[str], config: UnlearningConfig, byte_lengths: torch.Tensor | None,
                  progress: bool):
-        self.corpus, self.labels, self.s = corpus, labels, settings
+        self.corpus, self.labels, self.config = corpus, labels, config
         self.byte_lengths = byte_lengths
         self.progress = progress
         self.data: dict[str, LabelData] = {}
@@ -61,16 +61,16 @@ class Sweep:
 
     # ---------------------------------------------------------------- data
     def prepare(self) -> None:
-        s = self.s
-        seq = s["seq_len"]
-        sizes = {"curve_forget": (s["select_split"], s["curve_forget_tokens"]),
-                 "curve_retain": (s["select_split"], s["curve_retain_tokens"]),
-                 "test_forget": (s["eval_split"], s["eval_forget_tokens"]),
-                 "test_retain": (s["eval_split"], s["eval_tokens"])}
+        c = self.config
+        seq = c.seq_len
+        sizes = {"curve_forget": (c.select_split, c.curve_forget_tokens),
+                 "curve_retain": (c.select_split, c.curve_retain_tokens),
+                 "test_forget": (c.eval_split, c.eval_forget_tokens),
+                 "test_retain": (c.eval_split, c.eval_tokens)}
         for lab in self.labels:
-            common = common_tokens(self.corpus, lab, s["skip_common"], s["stat_split"])
-            stat = token_windows(self.corpus, lab, s["stat_split"], s["stat_tokens"], seq)
-            n_iter = max(1, math.ceil(s["iter_stat_tokens"] / seq))
+            common = common_tokens(self.corpus, lab, c.skip_common, c.stat_split)
+            stat = token_windows(self.corpus, lab, c.stat_split, c.stat_tokens, seq)
+            n_iter = max(1, math.ceil(c.iter_stat_tokens / seq))
             sets = {}
             for role, (split, n_tokens) in sizes.items():
                 bpt = bytes_per_predicted_token(self.corpus, lab, split) if self.byte_lengths is None else 1.0
@@ -82,7 +82,7 @@ class Sweep:
         """[n_sets, len(METRICS)] metrics (columns in METRICS order)."""
         t0 = time.perf_counter()
         bos = getattr(model.cfg, "bos_token_id", None)
-        out = evaluate_arrays(model, sets, batch_size=self.s["batch_size"], bos_token_id=bos,
+        out = evaluate_arrays(model, sets, batch_size=self.config.batch_size, bos_token_id=bos,
                               byte_lengths=self.byte_lengths)
         self.timing["evaluation_s"] += time.perf_counter() - t0
         self.n_evaluated_tokens += int(out["tokens"].sum())
@@ -103,7 +103,7 @@ class Sweep:
                 frame.insert(0, "model", model_name(model))
                 frame.insert(1, "label", self.labels)
                 frame.insert(2, "kind", [self.data[lab].kind for lab in self.labels])
-                frame.insert(3, "tokens", [int(self.data[lab].sets[role].windows.shape[0] * self.s["seq_len"])
+                frame.insert(3, "tokens", [int(self.data[lab].sets[role].windows.shape[0] * self.config.seq_len)
                                            for lab in self.labels])
                 self.clean_rows.append(frame)
         return self._clean[key]
@@ -138,7 +138,7 @@ class Sweep:
         if key not in self._stats:
             t0 = time.perf_counter()
             windows = {lab: self.data[lab].stat_windows[:, :-1] for lab in self.labels}
-            self._stats[key] = label_statistics(units.model, units, windows, self.s["batch_size"]).as_dict()
+            self._stats[key] = label_statistics(units.model, units, windows, self.config.batch_size).as_dict()
             self.timing["statistics_s"] += time.perf_counter() - t0
             self.log(f"statistics of {units.name}: {units.n_units} units, {time.perf_counter() - t0:.1f} s")
         return self._stats[key]
@@ -148,7 +148,7 @@ class Sweep:
         t0 = time.perf_counter()
         windows = {lab: self.data[lab].iter_windows[:, :-1] for lab in self.labels}
         with units.removal(removed):
-            stats = label_statistics(units.model, units, windows, self.s["batch_size"]).as_dict()
+            stats = label_statistics(units.model, units, windows, self.config.batch_size).as_dict()
         self.timing["statistics_s"] += time.perf_counter() - t0
         return stats[stat_name]
 

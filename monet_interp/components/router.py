@@ -132,7 +132,7 @@ class MonetRouter(nn.Module):
     def selection_floor(self) -> float | None:
         """The score below which an expert is dropped whatever the others score ("threshold":
         sigma * threshold_scale; None for "topk"/"top1", which rank instead)."""
-        if self.routing == "threshold" and self.sigma is not None:
+        if self.sigma is not None:  # set for threshold routing only
             return self.sigma * self.threshold_scale
         return None
 

@@ -45,6 +45,11 @@ class Intervention:
         return {"method": self.method}
 
 
+# ExpertBoost ops and Top1Replace gates
+BOOST_OPS = ("add", "set")
+TOP1_GATES = ("keep", "set")
+
+
 class ExpertBoost(Intervention):
     """Raise the weight of chosen MONET experts with ExpertEdit "add"/"set".
 
@@ -58,7 +63,7 @@ class ExpertBoost(Intervention):
 
     def __init__(self, experts: Sequence[tuple[int, int, int]], op: str = "add", heads: Sequence[int] | None = None,
                  layers: Sequence[int] | None = None, scores: Sequence[float] | None = None) -> None:
-        if op not in ("add", "set"):
+        if op not in BOOST_OPS:
             raise ValueError(f"expert steering uses op 'add' or 'set', got {op!r}")
         self.experts = [(int(g), int(i), int(j)) for g, i, j in experts]
         self.op, self.heads = op, (None if heads is None else [int(h) for h in heads])
@@ -122,7 +127,7 @@ class Top1Replace(Intervention):
 
     def __init__(self, targets: Mapping[int, Mapping[int, tuple[int, int]]], gate: str = "keep",
                  layers: Sequence[int] | None = None, scores: Mapping[int, Mapping[int, float]] | None = None) -> None:
-        if gate not in ("keep", "set"):
+        if gate not in TOP1_GATES:
             raise ValueError(f"gate must be 'keep' or 'set', got {gate!r}")
         self.targets = {int(g): {int(h): (int(i), int(j)) for h, (i, j) in heads.items()} for g, heads in targets.items()}
         self.gate = gate
@@ -184,4 +189,4 @@ class AddVector(Intervention):
         return {"method": self.method, "hooks": {n: float(v.norm()) for n, v in self.vectors.items()}, **self.info}
 
 
-__all__ = ["AddVector", "ExpertBoost", "Intervention", "Top1Replace", "replace_top1"]
+__all__ = ["BOOST_OPS", "TOP1_GATES", "AddVector", "ExpertBoost", "Intervention", "Top1Replace", "replace_top1"]

@@ -40,6 +40,7 @@ from monet_interp.stats.stream import (
     _ClassCache,
     make_batch,
     plan_windows,
+    sample_mask,
     special_token_ids,
 )
 from monet_interp.stats.topk import TopKBuffer
@@ -132,6 +133,40 @@ class StreamAccumulator:
 
     def gather(self) -> None:
         """Collect per-process lists across processes (after the tensor reductions)."""
+
+    # helpers for the token-class counts and the token sample (attributes class_tokens, samples, world)
+    def count_classes(self, batch: Batch, n_classes: int) -> torch.Tensor | None:
+        """Add the batch's tokens per class to ``class_tokens``; the mask of its classified tokens
+        (None without token classes)."""
+        cls = batch.classes
+        if not n_classes or cls is None:
+            return None
+        ok = cls >= 0
+        self.class_tokens += torch.bincount(cls[ok], minlength=n_classes)
+        return ok
+
+    def sample_rows(self, batch: Batch, rate: float, *extra: torch.Tensor) -> torch.Tensor | None:
+        """Append the batch's token-sample rows (key, class, label, *extra) to ``samples`` (with
+        token classes only classified tokens are sampled); their mask, None when none is sampled."""
+        if rate <= 0:
+            return None
+        key, cls = batch.key, batch.classes
+        sampled = sample_mask(key, rate)
+        if cls is not None:
+            sampled &= cls >= 0
+        if not bool(sampled.any()):
+            return None
+        c = cls[sampled] if cls is not None else torch.full_like(key[sampled], -1)
+        self.samples.append((key[sampled], c, torch.full_like(c, batch.label), *(x[sampled] for x in extra)))
+        return sampled
+
+    def gather_samples(self, *extra_empty: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The token-sample rows of all processes sorted by key: key, class (int16), label (int32)
+        and the extra fields (``extra_empty``: each one's empty array, for a process without rows)."""
+        i64 = np.zeros(0, np.int64)
+        key, cls, lab, *extra = gather_rows(self.samples, (i64, i64, i64, *extra_empty), self.world)
+        order = np.argsort(key, kind="stable")
+        return (key[order], cls[order].astype(np.int16), lab[order].astype(np.int32), *(x[order] for x in extra))
 
     def reduce(self) -> None:
         for op, names in (("sum", self.SUMS), ("max", self.MAXES)):

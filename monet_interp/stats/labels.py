@@ -67,9 +67,9 @@ def _sums(model: Any, unit_sets: Sequence[Any], inputs: torch.Tensor, batch_size
             model(batch.to(device), stop_at_layer=stop)
             for k, units in enumerate(unit_sets):
                 totals[k] = _add(totals[k], units.accumulate(captured))
-    empty = [{"sum": torch.zeros(u.n_units, dtype=torch.float64), "fires": torch.zeros(u.n_units, dtype=torch.float64)}
-             for u in unit_sets]
-    return [t if t is not None else e for t, e in zip(totals, empty)], count
+    if any(t is None for t in totals):  # no inputs
+        return [{key: torch.zeros(u.n_units, dtype=torch.float64) for key in ("sum", "fires")} for u in unit_sets], count
+    return [{key: value.cpu() for key, value in t.items()} for t in totals], count
 
 
 def window_statistics(model: Any, units: Any, inputs: Int[torch.Tensor, "n seq"], batch_size: int = 16) -> Any:

@@ -46,7 +46,7 @@ import torch
 from monet_interp.stats.corpus_pass import StreamAccumulator, StreamSetup, gather_rows, prepare_stream, stream_corpus
 from monet_interp.stats.fingerprint import model_description
 from monet_interp.stats.routing_stats import HIST_BINS, HIST_LOW, RoutingStats
-from monet_interp.stats.stream import Batch, CorpusLike, StatsError, TokenClassifier, sample_mask
+from monet_interp.stats.stream import Batch, CorpusLike, StatsError, TokenClassifier
 from monet_interp.stats.topk import TopKBuffer
 
 
@@ -140,15 +140,8 @@ class _RoutingAccumulator(StreamAccumulator):
             return
         key = batch.key
         cls = batch.classes
-        if self.n_classes and cls is not None:
-            ok = cls >= 0
-            self.class_tokens += torch.bincount(cls[ok], minlength=self.n_classes)
-        sampled = sample_mask(key, self.sample_rate) if self.sample_rate > 0 else None
-        if sampled is not None and self.n_classes and cls is not None:
-            sampled &= cls >= 0  # with a classifier, sample classified tokens only
-        if sampled is not None and bool(sampled.any()):
-            c = cls[sampled] if cls is not None else torch.full_like(key[sampled], -1)
-            self.samples.append((key[sampled], c, torch.full_like(c, lab)))
+        self.count_classes(batch, self.n_classes)
+        sampled = self.sample_rows(batch, self.sample_rate)
         EE = self.E * self.E
         for g, rf in enumerate(routers):
             g1 = rf.g_row.reshape(-1, self.H, self.E)[batch.valid].float()
@@ -181,14 +174,12 @@ class _RoutingAccumulator(StreamAccumulator):
         """The token sample of all ranks, sorted by key; entries refer to sample rows."""
         if self.sample_rate <= 0:
             return
+        key, cls, lab = self.gather_samples()
         i64 = np.zeros(0, np.int64)
-        key, cls, lab = gather_rows(self.samples, (i64,) * 3, self.world)
         ekey, grp, exp, score = gather_rows(self.sample_entries, (i64,) * 3 + (np.zeros(0, np.float32),), self.world)
-        order = np.argsort(key, kind="stable")
-        key, cls, lab = key[order], cls[order], lab[order]
         row = np.searchsorted(key, ekey)
         eorder = np.lexsort((exp, grp, row))
-        self.sample = (key, cls.astype(np.int16), lab.astype(np.int32), row[eorder].astype(np.int64),
+        self.sample = (key, cls, lab, row[eorder].astype(np.int64),
                        grp[eorder].astype(np.int16), exp[eorder].astype(np.int64), score[eorder].astype(np.float32))
 
 

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from monet_interp.stats.corpus_pass import StreamAccumulator, StreamSetup, gather_rows, prepare_stream, stream_corpus
+from monet_interp.stats.corpus_pass import StreamAccumulator, StreamSetup, prepare_stream, stream_corpus
 from monet_interp.stats.fingerprint import model_description
-from monet_interp.stats.stream import Batch, CorpusLike, StatsError, TokenClassifier, sample_mask
+from monet_interp.stats.stream import Batch, CorpusLike, StatsError, TokenClassifier
 from monet_interp.stats.topk import TopKBuffer
 from monet_interp.stats.unit_stats import UnitStats
 
@@ -87,19 +87,12 @@ class _UnitAccumulator(StreamAccumulator):
             self.dmax.scatter_reduce_(0, batch.doc[:, None].expand(-1, N), acts, "amax")
         key = batch.key
         self.topk.update_dense(acts, key)
-        cls = batch.classes
-        if C and cls is not None:
-            ok = cls >= 0
-            self.class_tokens += torch.bincount(cls[ok], minlength=C)
-            self.class_sum.index_add_(0, cls[ok], acts[ok].double())
-            self.class_fire.index_add_(0, cls[ok], fired[ok].long())
-        if self.rate > 0:
-            m = sample_mask(key, self.rate)
-            if cls is not None:
-                m &= cls >= 0
-            if bool(m.any()):
-                c = cls[m] if cls is not None else torch.full_like(key[m], -1)
-                self.samples.append((key[m], c, torch.full_like(c, lab), acts[m]))
+        ok = self.count_classes(batch, C)
+        if ok is not None:
+            cls = batch.classes[ok]
+            self.class_sum.index_add_(0, cls, acts[ok].double())
+            self.class_fire.index_add_(0, cls, fired[ok].long())
+        self.sample_rows(batch, self.rate, acts)
 
     def topk_buffers(self) -> list[TopKBuffer]:
         return [self.topk]
@@ -108,12 +101,8 @@ class _UnitAccumulator(StreamAccumulator):
         """The token sample of all ranks, sorted by key."""
         if self.rate <= 0:
             return
-        i64 = np.zeros(0, np.int64)
-        empty = (i64, i64, i64, np.zeros((0, self.units.n_units), np.float32))
-        key, cls, lab, act = gather_rows(self.samples, empty, self.world)
-        order = np.argsort(key, kind="stable")
-        self.sample = (key[order], cls[order].astype(np.int16), lab[order].astype(np.int32),
-                       act[order].astype(np.float32))
+        key, cls, lab, act = self.gather_samples(np.zeros((0, self.units.n_units), np.float32))
+        self.sample = (key, cls, lab, act.astype(np.float32))
 
 
 @torch.inference_mode()
@@ -128,7 +117,7 @@ def compute_unit_stats(
     seq_len: int = 128,
     batch_size: int = 8,
     top_k: int = 16,
-    fire_threshold: float = 0.0,
+    fire_threshold: float | None = None,
     include_special: bool = False,
     doc_max: bool = True,
     token_classes: TokenClassifier | None = None,
@@ -137,8 +126,11 @@ def compute_unit_stats(
 ) -> UnitStats:
     """Stream ``corpus`` through ``model`` (any HookedRootModule with ``cfg``, e.g. HookedMONET or
     HookedDense) and collect :class:`UnitStats` of ``units``. Arguments as in
-    :func:`monet_interp.stats.compute_routing_stats`; ``fire_threshold`` defaults to 0 (a relu2
-    neuron fires when its activation is positive), ``doc_max`` to True ([D, N] float32)."""
+    :func:`monet_interp.stats.compute_routing_stats`; ``fire_threshold`` defaults to the unit
+    set's (``units.fire_threshold``, 0 unless set: a relu2 neuron fires when its activation is
+    positive), ``doc_max`` to True ([D, N] float32)."""
+    if fire_threshold is None:
+        fire_threshold = units.fire_threshold
     setup = prepare_stream(model, corpus, split=split, labels=labels, max_tokens_per_label=max_tokens_per_label,
                            seq_len=seq_len, batch_size=batch_size, top_k=top_k, fire_threshold=fire_threshold,
                            include_special=include_special, doc_max=doc_max, token_classes=token_classes,
@@ -168,7 +160,7 @@ def compute_unit_stats(
             "corpus": setup.corpus_meta,
             "settings": setup.settings,
             "timing": {"seconds": timing.seconds, "device": str(setup.device)},
-            **(units.stats_metadata() if hasattr(units, "stats_metadata") else {}),
+            **units.stats_metadata(),
         },
     )
 

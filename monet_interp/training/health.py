@@ -33,35 +33,41 @@ def expert_health(model: Any, batches: Iterable[torch.Tensor]) -> dict[str, Any]
     cfg = model.cfg
     heads, experts = cfg.moe_heads, cfg.moe_experts
     was_training = model.training
+    routers_modules = [block.moe.router for block in model.blocks if block.moe.router is not None]
+    batch_stats = [router.use_batch_stats for router in routers_modules]  # restored as they were
     model.eval()
     model.set_router_batch_stats(False)
     stats: list[dict[str, torch.Tensor]] = []
     n_tokens = 0
-    for batch in batches:
-        _, routers = model(batch.to(model.device), return_type=None, return_routing=True)
-        if not stats:
-            stats = [{"count_row": torch.zeros(heads, experts, dtype=torch.float64),
-                      "count_col": torch.zeros(heads, experts, dtype=torch.float64),
-                      "pairs": torch.zeros(heads, experts, experts, dtype=torch.float64),
-                      "prob_row": torch.zeros(heads, experts, dtype=torch.float64),
-                      "prob_col": torch.zeros(heads, experts, dtype=torch.float64),
-                      "amb": torch.zeros((), dtype=torch.float64),
-                      "kept_row": torch.zeros((), dtype=torch.float64),
-                      "kept_col": torch.zeros((), dtype=torch.float64)} for _ in routers]
-        n_tokens += batch.shape[0] * batch.shape[1]
-        for acc, routing in zip(stats, routers):
-            on_row = (routing.g_row > 0).flatten(0, -3).float()  # [tokens, head, expert]
-            on_col = (routing.g_col > 0).flatten(0, -3).float()
-            prob_row, prob_col = (p.flatten(0, -3).double() for p in routing_probs(routing))
-            acc["count_row"] += on_row.sum(0).double()
-            acc["count_col"] += on_col.sum(0).double()
-            acc["pairs"] += torch.einsum("nhi,nhj->hij", on_row, on_col).double()
-            acc["prob_row"] += prob_row.sum(0)
-            acc["prob_col"] += prob_col.sum(0)
-            acc["amb"] += 0.5 * ((1 - prob_row.amax(-1)).mean(-1).sum() + (1 - prob_col.amax(-1)).mean(-1).sum())
-            acc["kept_row"] += on_row.sum(-1).mean(-1).sum().double()
-            acc["kept_col"] += on_col.sum(-1).mean(-1).sum().double()
-    model.train(was_training)
+    try:
+        for batch in batches:
+            _, routers = model(batch.to(model.device), return_type=None, return_routing=True)
+            if not stats:
+                stats = [{"count_row": torch.zeros(heads, experts, dtype=torch.float64),
+                          "count_col": torch.zeros(heads, experts, dtype=torch.float64),
+                          "pairs": torch.zeros(heads, experts, experts, dtype=torch.float64),
+                          "prob_row": torch.zeros(heads, experts, dtype=torch.float64),
+                          "prob_col": torch.zeros(heads, experts, dtype=torch.float64),
+                          "amb": torch.zeros((), dtype=torch.float64),
+                          "kept_row": torch.zeros((), dtype=torch.float64),
+                          "kept_col": torch.zeros((), dtype=torch.float64)} for _ in routers]
+            n_tokens += batch.shape[0] * batch.shape[1]
+            for acc, routing in zip(stats, routers):
+                on_row = (routing.g_row > 0).flatten(0, -3).float()  # [tokens, head, expert]
+                on_col = (routing.g_col > 0).flatten(0, -3).float()
+                prob_row, prob_col = (p.flatten(0, -3).double() for p in routing_probs(routing))
+                acc["count_row"] += on_row.sum(0).double()
+                acc["count_col"] += on_col.sum(0).double()
+                acc["pairs"] += torch.einsum("nhi,nhj->hij", on_row, on_col).double()
+                acc["prob_row"] += prob_row.sum(0)
+                acc["prob_col"] += prob_col.sum(0)
+                acc["amb"] += 0.5 * ((1 - prob_row.amax(-1)).mean(-1).sum() + (1 - prob_col.amax(-1)).mean(-1).sum())
+                acc["kept_row"] += on_row.sum(-1).mean(-1).sum().double()
+                acc["kept_col"] += on_col.sum(-1).mean(-1).sum().double()
+    finally:
+        model.train(was_training)
+        for router, used in zip(routers_modules, batch_stats):
+            router.use_batch_stats = used
     if not stats:
         raise ValueError("expert_health needs at least one batch")
     groups = []

@@ -233,9 +233,8 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
 
 
 def train_batch(corpus: Any, config: TrainConfig, step: int) -> torch.Tensor:
-    extra = {"label_power": config.label_power} if config.label_power else {}
     return corpus.sample_batch("train", config.batch_size, config.seq_len, batch_generator(config.seed, step),
-                               labels=config.labels, **extra)
+                               labels=config.labels, label_power=config.label_power)
 
 
 def _routers(model: Any) -> list[Any]:
@@ -277,13 +276,13 @@ def train_step(model: Any, batch: torch.Tensor, config: TrainConfig, optimizer: 
     optimizer.zero_grad(set_to_none=True)
     if routers:
         vio, dead = [], []
+        target_load = (1 if config.routing_rule == "top1" else config.moe_topk) / config.moe_experts
         for router, routing in zip(routers_modules, routers):
             load_row, load_col = expert_load(routing.g_row), expert_load(routing.g_col)
             vio.append(round(max(max_load_violation(load_row), max_load_violation(load_col)), 4))
             dead.append(round(0.5 * float((load_row.sum(0) == 0).float().mean() + (load_col.sum(0) == 0).float().mean()),
                               4))
             if config.balance_rate > 0:
-                target_load = (1 if config.routing_rule == "top1" else config.moe_topk) / config.moe_experts
                 for bias, load in ((router.selection_bias1, load_row), (router.selection_bias2, load_col)):
                     balance_bias_step(bias, load, config.balance_rate, config.balance_target, target_load)
         record.update(max_vio=vio, dead_in_batch=dead)
@@ -524,6 +523,7 @@ def train(config: TrainConfig, corpus: Any = None) -> TrainResult:
                 "sampler": {"kind": "pure function of (seed, step)", "seed": config.seed, "next_step": step},
                 "history": history, "wall_time_s": wall}
 
+    probes = health_batches(corpus, config) if config.health_batches > 0 else []  # fixed seed: built once
     _set_mode(model, config, True)
     for step in bar:
         t0 = time.perf_counter()
@@ -542,8 +542,7 @@ def train(config: TrainConfig, corpus: Any = None) -> TrainResult:
                             "mean_bpb": mean_bpb(val)})
             message = f"step {done}: val bpb {mean_bpb(val):.4f}"
             if config.model != "dense" and config.health_batches > 0:
-                health = model_health(model, health_batches(corpus, config))
-                _set_mode(model, config, True)
+                health = model_health(model, probes)
                 history.append({"step": done, "eval": "health", **health_summary(health)})
                 message += ", dead pairs " + " ".join(f"{g['dead_pair_share']:.0%}" for g in health["groups"])
             bar.write(message)
@@ -551,18 +550,19 @@ def train(config: TrainConfig, corpus: Any = None) -> TrainResult:
             write_checkpoint(out, model, checkpoint_state(done))
             _write_history(out, history)  # readable while the run goes on (scripts/plot_training.py)
     bar.close()
-    finished = end == config.steps
-    _write_history(out, history)
+    finished = end == config.steps  # the checkpoint at done == end wrote the history
     if not finished:
         return TrainResult(model, history, {}, {}, None, {}, out, finished=False)
 
     # ------------------------------------------------------------ final evaluation and export
     val = validate(model, corpus, config, byte_lengths)
     test = test_eval(model, corpus, config, byte_lengths) if config.test_windows > 0 else {}
-    health = model_health(model, health_batches(corpus, config)) if config.health_batches > 0 else None
+    health = model_health(model, probes) if config.health_batches > 0 else None
     _set_mode(model, config, False)
     history.append({"step": config.steps, "eval": "val", "bpb": {k: v["bpb"] for k, v in val.items()},
                     "mean_bpb": mean_bpb(val)})
+    if health is not None and health["kind"] == "monet":
+        history.append({"step": config.steps, "eval": "health", **health_summary(health)})
     save_model(model, out)
     manifest = _manifest(config, model, corpus, history, wall, val, test, health)
     _atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")

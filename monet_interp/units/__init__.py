@@ -3,7 +3,7 @@
 
     from monet_interp.units import ExpertUnits, NeuronUnits, SAEUnits, dense_neurons, monet_experts
     experts = ExpertUnits(model)                    # every expert (i, j) of every routing group
-    stats = experts.statistics(windows)             # {"mean", "freq"} [n_units]
+    stats = window_statistics(model, experts, inputs)  # monet_interp.stats: {"mean", "freq"} [n_units]
     with experts.removal(torch.tensor([3, 17])):    # exact pruning through the edit API
         loss = model(tokens, return_type="loss")
 """

@@ -78,21 +78,17 @@ class Unit:
         raise NotImplementedError
 
     def accumulate(self, captured: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-unit float64 sums over every captured position: {"sum": activation, "fires":
-        tokens with activation > fire_threshold, "active_sum": activation where it fires}."""
+        """Per-unit float64 sums over every captured position, on the captured tensors' device:
+        {"sum": activation, "fires": tokens with activation > fire_threshold, "active_sum":
+        activation where it fires}."""
         acts = self.activations(captured)
         flat = acts.reshape(-1, acts.shape[-1]).double()
         fired = flat > self.fire_threshold
-        return {"sum": flat.sum(0).cpu(), "fires": fired.sum(0).double().cpu(),
-                "active_sum": (flat * fired).sum(0).cpu()}
+        return {"sum": flat.sum(0), "fires": fired.sum(0).double(), "active_sum": (flat * fired).sum(0)}
 
-    def statistics(self, windows: Int[torch.Tensor, "n seq_plus_1"], batch_size: int = 16) -> dict[str, torch.Tensor]:
-        """{"mean": float64 [n_units], "freq": float64 [n_units]} over every input position of
-        ``windows`` ([n, seq + 1]; the inputs are windows[:, :-1]), with ``self.model``."""
-        from monet_interp.stats.labels import window_statistics
-
-        stats = window_statistics(self.model, self, windows[:, :-1], batch_size=batch_size)
-        return {"mean": stats["mean"], "freq": stats["freq"]}
+    def stats_metadata(self) -> dict[str, Any]:
+        """Extra metadata of :func:`monet_interp.stats.compute_unit_stats` (JSON-friendly)."""
+        return {}
 
     # ---------------------------------------------------------------- editing
     def removal(self, units: Any) -> contextlib.AbstractContextManager:

@@ -183,17 +183,18 @@ class ExpertUnits(Unit):
         if not self.all_experts:
             return super().accumulate(captured)
         E, H = self.E, self.H
-        score = torch.zeros(len(self.slots), self.h_units, E, E, dtype=torch.float64)
+        device = captured[f"blocks.{self.slot_layers[0]}.moe.hook_g_row"].device
+        score = torch.zeros(len(self.slots), self.h_units, E, E, dtype=torch.float64, device=device)
         fires = torch.zeros_like(score)
         for slot, layer in enumerate(self.slot_layers):
             g1 = captured[f"blocks.{layer}.moe.hook_g_row"].detach().reshape(-1, H, E).double()
             g2 = captured[f"blocks.{layer}.moe.hook_g_col"].detach().reshape(-1, H, E).double()
             if self.heads == "per-head":
-                score[slot] += torch.einsum("thi,thj->hij", g1, g2).cpu()
-                fires[slot] += count_fires(g1, g2, self.fire_threshold, per_head=True).cpu()
+                score[slot] += torch.einsum("thi,thj->hij", g1, g2)
+                fires[slot] += count_fires(g1, g2, self.fire_threshold, per_head=True)
             else:
-                score[slot, 0] += torch.einsum("thi,thj->ij", g1, g2).cpu()
-                fires[slot, 0] += count_fires(g1, g2, self.fire_threshold, per_head=False).cpu()
+                score[slot, 0] += torch.einsum("thi,thj->ij", g1, g2)
+                fires[slot, 0] += count_fires(g1, g2, self.fire_threshold, per_head=False)
         return {"sum": score.flatten(), "fires": fires.flatten()}
 
 

@@ -89,14 +89,6 @@ class NeuronUnits(Unit):
         acts = [captured[n] for n in self.hook_names]
         return acts[0] if len(acts) == 1 else torch.cat(acts, -1)
 
-    def accumulate(self, captured: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        parts = []
-        for n in self.hook_names:
-            flat = captured[n].detach().reshape(-1, self.width).double()
-            fired = flat > self.fire_threshold
-            parts.append((flat.sum(0).cpu(), fired.sum(0).double().cpu(), (flat * fired).sum(0).cpu()))
-        return {k: torch.cat([p[c] for p in parts]) for c, k in enumerate(("sum", "fires", "active_sum"))}
-
 
 def dense_neurons(model_or_d_mlp: Any, layer: int) -> NeuronUnits:
     """The MLP neurons of layer ``layer`` of a dense baseline (hook ``blocks.{l}.mlp.hook_post``,

@@ -175,13 +175,5 @@ class SAEUnits(Unit):
                for x, n in zip(self.layers, self.hook_names)]
         return out[0] if len(out) == 1 else torch.cat(out, -1)
 
-    def accumulate(self, captured: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        parts = []
-        for x, n in zip(self.layers, self.hook_names):
-            f = self._encode(x, captured[n]).double()
-            fired = f > 0
-            parts.append((f.sum(0).cpu(), fired.sum(0).double().cpu(), (f * fired).sum(0).cpu()))
-        return {k: torch.cat([p[c] for p in parts]) for c, k in enumerate(("sum", "fires", "active_sum"))}
-
 
 __all__ = ["SAEBank", "SAEUnits", "SAE_HOOK", "SAE_MODES", "flat_features", "sae_features", "splice_sae"]

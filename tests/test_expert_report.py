@@ -156,6 +156,18 @@ def test_windows_cover_documents(model_vd):
         R.plan_report_windows(model_vd, PLANTED_TEXTS, labels=["nope"])
 
 
+def test_windows_refuse_an_empty_split_and_foreign_token_ids(model_vd):
+    from monet_interp.data import MemoryCorpus
+
+    empty = MemoryCorpus({"lower": {"all": []}, "upper": {"all": []}}, splits=("all",))
+    with pytest.raises(R.ReportError, match="no tokens in split 'all'"):
+        R.plan_report_windows(model_vd, empty, ctx_len=CTX)
+    too_big = model_vd.cfg.vocab_size + 3
+    foreign = MemoryCorpus({"lower": {"all": [[1, 5, too_big, 2]]}}, splits=("all",))
+    with pytest.raises(R.ReportError, match=f"token id {too_big}, beyond the model's vocabulary"):
+        R.plan_report_windows(model_vd, foreign, ctx_len=CTX)
+
+
 # ============================================================================ statistics, exact
 def test_stats_match_brute_force(model):
     docs, windows = corpus(model)
@@ -375,7 +387,7 @@ def test_html_has_every_section_and_index_lists_every_expert(built, tmp_path):
     assert (tmp_path / "out" / R.PLOTLY_ASSET).stat().st_size > 1_000_000
     for page in ordered:
         text = (tmp_path / "out" / "experts" / f"{page['ref']['slug']}.html").read_text()
-        for section in R.SECTIONS:
+        for section in R.PAGE_SECTIONS:
             assert f'<section id="{section}"' in text, section
         assert text.count('class="plotly-graph-div"') == 3
         assert f'src="../{R.PLOTLY_ASSET}"' in text and "cdn" not in text.lower()

@@ -42,3 +42,8 @@ def test_most_specific_experts_filters_ranks_and_counts_tokens():
 def test_unknown_section_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown report sections"):
         run_report(ReportConfig(out=str(tmp_path), sections=("stats", "vibes")))
+
+
+def test_threads_below_one_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        run_report(ReportConfig(out=str(tmp_path), threads=0))

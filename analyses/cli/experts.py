@@ -18,7 +18,7 @@ from typing import Any
 
 from monet_interp.analyses import report as R
 from monet_interp.analyses.cli.common import CliError, positive_int
-from monet_interp.analyses.report.windows import special_ids
+from monet_interp.stats.stream import special_token_ids
 
 
 def _expert(text: str) -> R.ExpertRef:
@@ -86,7 +86,7 @@ def run_experts_command(args: argparse.Namespace) -> None:
     corpus = open_corpus(args.corpus, model, verify=False)
     docs, windows, split = R.plan_report_windows(model, corpus, split=args.split, labels=args.labels,
                                                  ctx_len=args.ctx_len, max_tokens_per_label=args.max_tokens_per_label)
-    specials = set(special_ids(model))
+    specials = set(special_token_ids(model))
     n_tokens = sum(1 for w in windows for t in w.tokens if t not in specials)
     labels = sorted({d.label for d in docs})
     print(f"corpus: {len(docs)} documents ({split}), {len(windows)} windows, {n_tokens:,} counted tokens, "

@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from monet_interp.analyses.cli.common import positive_int
-from monet_interp.analyses.report.main import SECTIONS, ReportConfig, run_report
+from monet_interp.analyses.report.main import REPORT_SECTIONS, ReportConfig, run_report
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -20,7 +20,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=defaults.out)
     parser.add_argument("--dense", default=defaults.dense, help="dense baseline ('' to skip)")
     parser.add_argument("--top1", default=defaults.top1, help="top-1 MONET ('' to skip)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(REPORT_SECTIONS),
+                        help=f"comma list of {','.join(REPORT_SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="small settings for a smoke run")
     parser.add_argument("--threads", type=positive_int, default=defaults.threads,
                         help=f"torch CPU threads (default {defaults.threads}: fastest for small models)")
@@ -28,9 +29,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     def run(args: argparse.Namespace) -> int:
         sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
-        bad = [s for s in sections if s not in SECTIONS]
+        bad = [s for s in sections if s not in REPORT_SECTIONS]
         if bad:
-            parser.error(f"unknown sections {bad}; choose from {', '.join(SECTIONS)}")
+            parser.error(f"unknown sections {bad}; choose from {', '.join(REPORT_SECTIONS)}")
         make = ReportConfig.quick if args.quick else ReportConfig
         cfg = make(model=args.model, corpus=args.corpus, out=args.out, dense=args.dense or None,
                    top1=args.top1 or None, sections=sections, threads=args.threads, progress=not args.no_progress)

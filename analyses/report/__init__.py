@@ -1,4 +1,6 @@
-"""Data for expert activation reports (one dashboard per MONET expert), and the main report.
+"""Expert activation reports (one HTML dashboard per MONET expert: its data, then its rendering)
+and the main report (:func:`main.run_report`: routing statistics, monosemanticity, expert pages,
+unlearning and steering in one HTML report).
 
 An expert is ``ExpertRef(group, i, j)``: bottom/left half i and top/right half j of routing group
 ``group``. Its routing score on token t is the paper's
@@ -11,7 +13,7 @@ the default of ``monet_interp.stats.compute_routing_stats``). Nothing here expan
 experts: scores of the chosen experts are gathered columns of g, and their row/column
 neighbours one [tokens, E] product each.
 
-Pipeline (every step returns plain data; nothing here renders):
+Pipeline of the expert pages (steps 1-3 return plain data; only step 4 renders):
 
 1. :func:`plan_report_windows`: documents and windows exactly as the routing statistics plan
    them (``monet_interp.stats.plan_windows``: windows of ``ctx_len`` tokens cut from each
@@ -29,6 +31,8 @@ Pipeline (every step returns plain data; nothing here renders):
    and the ablation effect (exact pruning through ``model.edit_experts``), and returns one
    JSON-ready dict per expert. :func:`build_report_data` does steps 2-3 for a list of experts.
    :func:`select_top_per_label` picks experts from a ``RoutingStats`` (``routing_stats_for``).
+4. :func:`write_report`: the index (:func:`render_index`), one page per expert
+   (:func:`render_expert_page`, sections ``PAGE_SECTIONS``) and its JSON data, self-contained HTML.
 
 Choices (also shown in the report):
 
@@ -48,11 +52,13 @@ Choices (also shown in the report):
 - Label: the MONET 2x rule on per-label mean scores (mean over all counted tokens of the label,
   zeros included), via ``monet_interp.analyses.monosemanticity.label_metrics``.
 
-Modules: experts (ExpertRef, defaults), windows (documents and windows), expert_stats (the
-statistics pass), pages (page data), data (report data, choosing experts), html_base /
-html_expert / html_index (rendering and writing), main (the main report: ``run_report``).
-CLI: ``monet-interp experts`` (monet_interp.analyses.cli.experts), ``monet-interp report``
-(cli.report), ``monet-interp edit`` (cli.edit).
+Modules: experts (ExpertRef, checks, defaults), windows (documents, windows, padded batches),
+expert_stats (the statistics pass), pages (page data), data (report data, choosing experts),
+html_base (page shell, CSS/JS, formatting) / html_expert (one expert's page) / html_index (the
+index, writing a report), main (the main report: ``run_report``, sections ``REPORT_SECTIONS``; not
+re-exported here). CLI: ``monet-interp experts`` (monet_interp.analyses.cli.experts, expert
+pages), ``monet-interp report`` (cli.report, the main report); ``monet-interp edit`` (cli.edit)
+uses the split and label checks.
 """
 
 from monet_interp.analyses.report.data import build_report_data, index_row, routing_stats_for, select_top_per_label
@@ -67,15 +73,16 @@ from monet_interp.analyses.report.experts import (
     first_layer,
 )
 from monet_interp.analyses.report.html_base import PLOTLY_ASSET
-from monet_interp.analyses.report.html_expert import SECTIONS, render_expert_page, render_tokens
+from monet_interp.analyses.report.html_expert import PAGE_SECTIONS, render_expert_page, render_tokens
 from monet_interp.analyses.report.html_index import render_index, write_report
 from monet_interp.analyses.report.pages import build_expert_page, expert_direction, logit_effects, pruned_nll, rerun_windows
 from monet_interp.analyses.report.windows import Document, Window, check_labels, plan_report_windows, resolve_split
 
 __all__ = [
-    "DEFAULT_CTX_LEN", "DEFAULT_FIRE_THRESHOLD", "DEFAULT_TOP_K", "Document", "ExpertRef", "ExpertStats", "PLOTLY_ASSET",
-    "ReportError", "SECTIONS", "Window", "build_expert_page", "build_report_data", "check_experts", "check_labels",
-    "collect_expert_stats", "expert_direction", "first_layer", "histogram", "index_row", "label_summary",
-    "logit_effects", "plan_report_windows", "pruned_nll", "render_expert_page", "render_index", "render_tokens",
-    "rerun_windows", "resolve_split", "routing_stats_for", "select_top_per_label", "write_report",
+    "DEFAULT_CTX_LEN", "DEFAULT_FIRE_THRESHOLD", "DEFAULT_TOP_K", "Document", "ExpertRef", "ExpertStats",
+    "PAGE_SECTIONS", "PLOTLY_ASSET", "ReportError", "Window", "build_expert_page", "build_report_data",
+    "check_experts", "check_labels", "collect_expert_stats", "expert_direction", "first_layer", "histogram",
+    "index_row", "label_summary", "logit_effects", "plan_report_windows", "pruned_nll", "render_expert_page",
+    "render_index", "render_tokens", "rerun_windows", "resolve_split", "routing_stats_for", "select_top_per_label",
+    "write_report",
 ]

@@ -10,8 +10,10 @@ import numpy as np
 from monet_interp.analyses.report.expert_stats import collect_expert_stats
 from monet_interp.analyses.report.experts import DEFAULT_CTX_LEN, DEFAULT_FIRE_THRESHOLD, DEFAULT_TOP_K, ExpertRef, check_experts
 from monet_interp.analyses.report.pages import build_expert_page
-from monet_interp.analyses.report.windows import Document, Window, progress_iter, resolve_split
+from monet_interp.analyses.report.windows import Document, Window, resolve_split
 from monet_interp.data import open_corpus
+from monet_interp.progress import progress_bar
+from monet_interp.stats import share_over_labels
 
 
 def index_row(page: Mapping[str, Any]) -> dict[str, Any]:
@@ -42,7 +44,7 @@ def build_report_data(
     stats = collect_expert_stats(model, windows, experts, fire_threshold=fire_threshold, top_k=top_k,
                                  batch_size=batch_size, seed=seed, progress=progress)
     pages = []
-    for ref in progress_iter(experts, len(experts), "expert pages", progress):
+    for ref in progress_bar(experts, total=len(experts), desc="expert pages", disable=not progress, leave=False):
         page = build_expert_page(model, windows, stats[ref], documents=documents, built=experts,
                                  batch_size=batch_size, seed=seed, **page_kwargs)
         pages.append(page)
@@ -66,6 +68,17 @@ def routing_stats_for(model: Any, corpus: Any, *, split: str | None = None, labe
                                  top_k=top_k, fire_threshold=fire_threshold, progress=progress)
 
 
+def _two_x_label(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(passes the MONET 2x rule, index of the top label) per expert from per-label means
+    [L, E, E]; with a single label, an expert passes when its mean is > 0."""
+    from monet_interp.analyses.monosemanticity import two_x_rule
+
+    if len(means) < 2:
+        return means[0] > 0, np.zeros(means.shape[1:], dtype=np.int64)
+    passes, best, _ = two_x_rule(means.reshape(len(means), -1))
+    return passes.reshape(means.shape[1:]), best.reshape(means.shape[1:])
+
+
 def select_top_per_label(routing_stats: Any, n: int, min_fires: int = 20, groups: Sequence[int] | None = None,
                          require_label: bool = True) -> dict[str, list[ExpertRef]]:
     """The ``n`` experts most specialised in each label, from a ``RoutingStats``: ranked by the
@@ -79,11 +92,8 @@ def select_top_per_label(routing_stats: Any, n: int, min_fires: int = 20, groups
     candidates: dict[str, list[tuple[float, float, ExpertRef]]] = {lab: [] for lab in labels}
     for g in groups:
         rg = r[:, g]
-        total = rg.sum(0)
-        share = np.divide(rg, total, out=np.zeros_like(rg), where=total > 0)
-        ordered = np.sort(rg, axis=0)
-        best = np.argmax(rg, axis=0)
-        passes = (ordered[-1] > 0) & (ordered[-1] >= 2 * ordered[-2]) if len(labels) > 1 else ordered[-1] > 0
+        share = share_over_labels(rg)  # NaN for experts never routed: never > 0 below
+        passes, best = _two_x_label(rg)
         for k, lab in enumerate(labels):
             mask = (fires[g] >= min_fires) & (share[k] > 0)
             if require_label:

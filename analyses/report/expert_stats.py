@@ -200,16 +200,19 @@ class _ExpertAccumulator(StreamAccumulator):
                 self.sample_keys[ref] = np.concatenate([self.sample_keys[ref], keys])
                 st.sample_seen += n_f
                 if len(st.sample) > 2 * self.sample_cap:
-                    keep = np.argsort(self.sample_keys[ref], kind="stable")[:self.sample_cap]
-                    st.sample, self.sample_keys[ref] = st.sample[keep], self.sample_keys[ref][keep]
+                    self._trim_sample(ref)
+
+    def _trim_sample(self, ref: ExpertRef) -> None:
+        """Keep the ``sample_cap`` sample entries of ``ref`` with the smallest keys (and their keys)."""
+        keep = np.argsort(self.sample_keys[ref], kind="stable")[:self.sample_cap]
+        self.stats[ref].sample, self.sample_keys[ref] = self.stats[ref].sample[keep], self.sample_keys[ref][keep]
 
     def reduce(self) -> None:
         """One process, nothing to reduce across processes: keep the ``sample_cap`` entries with
         the smallest keys, in (window, pos) order."""
         for ref, st in self.stats.items():
             if len(st.sample) > self.sample_cap:
-                keep = np.argsort(self.sample_keys[ref], kind="stable")[:self.sample_cap]
-                st.sample = st.sample[keep]
+                self._trim_sample(ref)
             order = np.lexsort((st.sample[:, 2], st.sample[:, 1])) if len(st.sample) else np.zeros(0, dtype=np.int64)
             st.sample = st.sample[order]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Iterable
 from typing import Any
 
 PLOTLY_ASSET = "assets/plotly.min.js"
@@ -172,6 +173,18 @@ def data_num(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
+def num_cell(value: Any, text: str | None = None) -> str:
+    """A right-aligned table cell that sorts by ``value`` (``data-v``) and shows ``text`` (default:
+    the value itself)."""
+    return f'<td class="num" data-v="{data_num(value)}">{value if text is None else text}</td>'
+
+
+def fact_cards(facts: Iterable[tuple[Any, Any]]) -> str:
+    """One ``.fact`` card (name over value, both escaped) per (name, value) pair."""
+    return "".join(f'<div class="fact"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
+                   for k, v in facts)
+
+
 def page_filename(slug: str) -> str:
     return f"{slug}.html"
 
@@ -207,5 +220,5 @@ def html_page(title: str, body: str, plotly: str | None) -> str:
             f"<body><main>{body}</main><script>{JS}</script></body></html>\n")
 
 
-__all__ = ["CSS", "JS", "PLOTLY_ASSET", "data_num", "esc", "fmt", "html_page", "page_filename", "pct", "plot_div",
-           "plot_layout", "plotly_js", "show_token"]
+__all__ = ["CSS", "JS", "PLOTLY_ASSET", "data_num", "esc", "fact_cards", "fmt", "html_page", "num_cell",
+           "page_filename", "pct", "plot_div", "plot_layout", "plotly_js", "show_token"]

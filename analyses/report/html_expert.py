@@ -7,10 +7,11 @@ from typing import Any
 
 from monet_interp.analyses.report.html_base import (
     PLOTLY_ASSET,
-    data_num,
     esc,
+    fact_cards,
     fmt,
     html_page,
+    num_cell,
     page_filename,
     pct,
     plot_div,
@@ -18,8 +19,8 @@ from monet_interp.analyses.report.html_base import (
     show_token,
 )
 
-SECTIONS = ("header", "heads", "histogram", "top-contexts", "intervals", "labels", "logits", "ablation",
-            "neighbours", "notes")
+PAGE_SECTIONS = ("header", "heads", "histogram", "top-contexts", "intervals", "labels", "logits",
+                 "ablation", "neighbours", "notes")
 
 
 def render_tokens(example: Mapping[str, Any], max_score: float) -> str:
@@ -57,13 +58,11 @@ def _header(page: Mapping[str, Any], nav: Mapping[str, str | None]) -> str:
         ("max score", fmt(s["max_score"])), ("mean when firing", fmt(s["mean_score_when_firing"])),
         ("2x-rule label", lab["label"] or "none"), ("label entropy", fmt(lab["entropy"], 3)),
     ]
-    cards = "".join(f'<div class="fact"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
-                    for k, v in facts)
     heads = " \u00b7 ".join(f"h{h}: {pct(v)}" for h, v in enumerate(s["head_share"]))
     return (f'<nav class="top">{" ".join(links)}</nav>'
             f'<section id="header"><h1>Expert ({ref["i"]}, {ref["j"]}) <span class="sub">routing group '
             f'{ref["group"]} \u00b7 flat id {ref["flat"]} \u00b7 {esc(ref["decompose"])} \u00b7 E={ref["n_experts"]}, '
-            f'H={ref["n_heads"]}</span></h1><div class="facts">{cards}</div>'
+            f'H={ref["n_heads"]}</span></h1><div class="facts">{fact_cards(facts)}</div>'
             f'<p class="small muted">Per-head share of routing mass: {esc(heads)}</p></section>')
 
 
@@ -106,10 +105,9 @@ def _labels_section(page: Mapping[str, Any]) -> str:
                                           "fires on %{customdata[1]} of %{customdata[2]} tokens<extra></extra>")))
     plot_layout(fig, "Mean routing score per label (zeros included)", 300)
     body = "".join(
-        f'<tr><td>{esc(r["label"])}</td><td class="num" data-v="{data_num(r["mean_score"])}">{fmt(r["mean_score"])}</td>'
-        f'<td class="num" data-v="{data_num(r["share"])}">{pct(r["share"])}</td>'
-        f'<td class="num" data-v="{data_num(r["fire_rate"])}">{pct(r["fire_rate"])}</td>'
-        f'<td class="num" data-v="{r["n_tokens"]}">{r["n_tokens"]:,}</td></tr>' for r in rows)
+        f'<tr><td>{esc(r["label"])}</td>{num_cell(r["mean_score"], fmt(r["mean_score"]))}'
+        f'{num_cell(r["share"], pct(r["share"]))}{num_cell(r["fire_rate"], pct(r["fire_rate"]))}'
+        f'{num_cell(r["n_tokens"], format(r["n_tokens"], ","))}</tr>' for r in rows)
     lab = page["label"]
     verdict = (f'2x rule: specialised in <span class="badge lab">{esc(lab["label"])}</span>' if lab["label"]
                else "2x rule: not specialised (top label below twice the second)")
@@ -178,12 +176,11 @@ def _ablation_section(page: Mapping[str, Any]) -> str:
              ("mean \u0394loss at top positions", fmt(a["mean_delta_loss_at_top"])),
              ("max |\u0394loss|", fmt(a["max_abs_delta_loss"])), ("clean loss", fmt(a["clean_loss"])),
              ("windows", a["n_windows"]), ("positions", a["n_positions"])]
-    cards = "".join(f'<div class="fact"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>' for k, v in facts)
     return (f'<section id="ablation"><h2>Ablation effect</h2><p class="small muted">Pruned exactly with '
             f'<code>ExpertEdit({a["edit"]["i"]}, {a["edit"]["j"]}, "prune", group={a["edit"]["group"]})</code> '
             f'(every layer of the routing group, all heads, no renormalisation); \u0394loss = pruned \u2212 clean '
             f'next-token loss in nats on {where}. "At top positions": the prediction made at the expert\'s peak.</p>'
-            f'<div class="facts">{cards}</div></section>')
+            f'<div class="facts">{fact_cards(facts)}</div></section>')
 
 
 def _neighbour_table(rows: Sequence[Mapping[str, Any]], axis: str) -> str:
@@ -192,10 +189,9 @@ def _neighbour_table(rows: Sequence[Mapping[str, Any]], axis: str) -> str:
         name = f'({r["i"]}, {r["j"]})'
         link = f'<a href="{esc(page_filename(r["slug"]))}">{name}</a>' if r["built"] else name
         label = f'<span class="badge lab">{esc(r["label"])}</span>' if r["label"] else '<span class="muted">none</span>'
-        body.append(f'<tr><td>{link}</td><td class="num" data-v="{r["flat"]}">{r["flat"]}</td>'
-                    f'<td class="num" data-v="{data_num(r["coactivation"])}">{pct(r["coactivation"])}</td>'
-                    f'<td class="num" data-v="{data_num(r["jaccard"])}">{fmt(r["jaccard"], 3)}</td>'
-                    f'<td class="num" data-v="{data_num(r["density"])}">{pct(r["density"])}</td><td>{label}</td></tr>')
+        body.append(f'<tr><td>{link}</td>{num_cell(r["flat"])}{num_cell(r["coactivation"], pct(r["coactivation"]))}'
+                    f'{num_cell(r["jaccard"], fmt(r["jaccard"], 3))}{num_cell(r["density"], pct(r["density"]))}'
+                    f'<td>{label}</td></tr>')
     title = "same row i (experts (i, j\u2032))" if axis == "row" else "same column j (experts (i\u2032, j))"
     return (f'<div><h3 class="small">{title}</h3><table class="sortable"><thead><tr><th>expert</th><th class="num">flat</th>'
             f'<th class="num">P(fires | this fires)</th><th class="num">Jaccard</th><th class="num">density</th>'
@@ -235,4 +231,4 @@ def render_expert_page(page: Mapping[str, Any], plotly: str | None = "../" + PLO
     return html_page(f"Expert ({ref['i']}, {ref['j']}) of group {ref['group']}", body, plotly)
 
 
-__all__ = ["SECTIONS", "render_expert_page", "render_tokens"]
+__all__ = ["PAGE_SECTIONS", "render_expert_page", "render_tokens"]

@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from monet_interp.analyses.report.data import index_row
-from monet_interp.analyses.report.html_base import PLOTLY_ASSET, data_num, esc, fmt, html_page, page_filename, pct, plotly_js
+from monet_interp.analyses.report.html_base import (
+    PLOTLY_ASSET,
+    esc,
+    fact_cards,
+    fmt,
+    html_page,
+    num_cell,
+    page_filename,
+    pct,
+    plotly_js,
+)
 from monet_interp.analyses.report.html_expert import render_expert_page
 
 INDEX_COLUMNS = (("expert", "text"), ("group", "num"), ("i", "num"), ("j", "num"), ("flat", "num"), ("label", "text"),
@@ -38,15 +48,11 @@ def render_index(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | No
         label = r["label"] or ""
         cells = [
             f'<td><a href="{esc(href)}">({r["i"]}, {r["j"]})</a></td>',
-            f'<td class="num" data-v="{r["group"]}">{r["group"]}</td>',
-            f'<td class="num" data-v="{r["i"]}">{r["i"]}</td>', f'<td class="num" data-v="{r["j"]}">{r["j"]}</td>',
-            f'<td class="num" data-v="{r["flat"]}">{r["flat"]}</td>',
+            num_cell(r["group"]), num_cell(r["i"]), num_cell(r["j"]), num_cell(r["flat"]),
             f'<td>{esc(label) if label else "<span class=muted>none</span>"}</td>',
             f'<td>{esc(r["top_label"] or "")}</td>',
-            f'<td class="num" data-v="{data_num(r["entropy"])}">{fmt(r["entropy"], 3)}</td>',
-            f'<td class="num" data-v="{data_num(r["density"])}">{pct(r["density"])}</td>',
-            f'<td class="num" data-v="{data_num(r["max_score"])}">{fmt(r["max_score"])}</td>',
-            f'<td class="num" data-v="{data_num(r["delta_loss"])}">{fmt(r["delta_loss"])}</td>',
+            num_cell(r["entropy"], fmt(r["entropy"], 3)), num_cell(r["density"], pct(r["density"])),
+            num_cell(r["max_score"], fmt(r["max_score"])), num_cell(r["delta_loss"], fmt(r["delta_loss"])),
         ]
         body_rows.append(f'<tr data-slug="{esc(r["slug"])}" data-label="{esc(label)}" data-group="{r["group"]}">'
                          f'{"".join(cells)}</tr>')
@@ -55,8 +61,7 @@ def render_index(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | No
     groups = sorted({r["group"] for r in rows})
     label_opts = "".join(f'<option value="{esc(x)}">{esc(x)}</option>' for x in labels)
     group_opts = "".join(f'<option value="{g}">group {g}</option>' for g in groups)
-    facts = "".join(f'<div class="fact"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
-                    for k, v in meta.get("facts", {}).items())
+    facts = fact_cards(meta.get("facts", {}).items())
     body = (f'<section id="index-header"><h1>Expert activation report <span class="sub">'
             f'{esc(meta.get("model", ""))}</span></h1><div class="facts">{facts}</div>'
             f'<p class="small muted">{esc(meta.get("description", ""))}</p></section>'

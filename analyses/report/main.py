@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 
-SECTIONS = ("stats", "monosemanticity", "experts", "unlearning", "steering")
+REPORT_SECTIONS = ("stats", "monosemanticity", "experts", "unlearning", "steering")
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ReportConfig:
     out: str = "out/report"
     dense: str | None = "dense-tiny"
     top1: str | None = "monet-top1-tiny"
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = REPORT_SECTIONS
     split: str = "val"
     stats_tokens_per_label: int = 6000
     seq_len: int = 128
@@ -218,9 +218,9 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
     from monet_interp import HookedMONET
     from monet_interp.dense import HookedDense
 
-    unknown = [s for s in cfg.sections if s not in SECTIONS]
+    unknown = [s for s in cfg.sections if s not in REPORT_SECTIONS]
     if unknown:
-        raise ValueError(f"unknown report sections {unknown}; choose from {SECTIONS}")
+        raise ValueError(f"unknown report sections {unknown}; choose from {REPORT_SECTIONS}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads is not None:
@@ -279,4 +279,4 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["ReportConfig", "SECTIONS", "most_specific_experts", "run_report"]
+__all__ = ["REPORT_SECTIONS", "ReportConfig", "most_specific_experts", "run_report"]

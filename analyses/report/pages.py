@@ -21,7 +21,7 @@ from monet_interp.analyses.report.experts import (
     DEFAULT_PER_INTERVAL,
     ExpertRef,
 )
-from monet_interp.analyses.report.windows import Document, Window, batches, g_names, pad_windows
+from monet_interp.analyses.report.windows import Document, Window, g_names, window_batches
 
 
 def _prune_context(model: Any, ref: ExpertRef) -> Any:
@@ -66,12 +66,12 @@ def rerun_windows(model: Any, windows: Sequence[Window], ref: ExpertRef, positio
     wanted = {rname, cname} | {n for names in acts.values() for n in names}
     out: dict[int, _Rerun] = {}
     with torch.no_grad():
-        for batch in batches(windows, batch_size):
-            tokens, mask, _ = pad_windows(model, batch)
-            nll, cache = model.run_with_cache(tokens, attention_mask=mask, return_type="loss", loss_per_token=True,
-                                              names_filter=lambda n: n in wanted, return_cache_object=False)
+        for batch in window_batches(model, windows, batch_size):
+            nll, cache = model.run_with_cache(batch.tokens, attention_mask=batch.mask, return_type="loss",
+                                              loss_per_token=True, names_filter=lambda n: n in wanted,
+                                              return_cache_object=False)
             head = (cache[rname][..., ref.i].double() * cache[cname][..., ref.j].double()).cpu()  # [b, p, H]
-            for row, w in enumerate(batch):
+            for row, w in enumerate(batch.windows):
                 n = len(w.tokens)
                 got: dict[tuple[int, int], list[np.ndarray]] = {}
                 for layer, names in acts.items():
@@ -90,10 +90,9 @@ def pruned_nll(model: Any, windows: Sequence[Window], ref: ExpertRef, batch_size
     """Next-token nll [len - 1] of each window with expert ``ref`` pruned (group scope)."""
     out: dict[int, np.ndarray] = {}
     with torch.no_grad(), _prune_context(model, ref):
-        for batch in batches(windows, batch_size):
-            tokens, mask, _ = pad_windows(model, batch)
-            nll = model(tokens, attention_mask=mask, return_type="loss", loss_per_token=True)
-            for row, w in enumerate(batch):
+        for batch in window_batches(model, windows, batch_size):
+            nll = model(batch.tokens, attention_mask=batch.mask, return_type="loss", loss_per_token=True)
+            for row, w in enumerate(batch.windows):
                 out[w.index] = nll[row, :len(w.tokens) - 1].double().cpu().numpy()
     return out
 

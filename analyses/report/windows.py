@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 
 from monet_interp.analyses.report.experts import DEFAULT_CTX_LEN, SPLIT_CANDIDATES, ReportError, first_layer
 from monet_interp.data import MemoryCorpus, open_corpus
-from monet_interp.progress import progress_bar
+from monet_interp.stats.stream import special_token_ids
 
 
 @dataclass
@@ -39,13 +39,6 @@ class Window:
     def doc_position(self, pos: int) -> int:
         """Position in the document's token array (bos = 0) of window position ``pos``."""
         return self.start + pos
-
-
-def special_ids(model: Any) -> list[int]:
-    """Token ids run through the model but not counted (bos/eos), as in the routing statistics."""
-    from monet_interp.stats.stream import special_token_ids
-
-    return special_token_ids(model)
 
 
 def pad_id(model: Any) -> int:
@@ -127,7 +120,7 @@ def pad_windows(model: Any, batch: Sequence[Window]) -> tuple[torch.Tensor, torc
     for row, w in enumerate(batch):
         tokens[row, :len(w.tokens)] = torch.tensor(w.tokens, dtype=torch.long)
         real[row, :len(w.tokens)] = True
-    counted = real & ~torch.isin(tokens, torch.tensor(special_ids(model), dtype=torch.long))
+    counted = real & ~torch.isin(tokens, torch.tensor(special_token_ids(model), dtype=torch.long))
     mask = None if bool(real.all()) else real.to(model.device)
     return tokens.to(model.device), mask, counted
 
@@ -157,9 +150,5 @@ def g_names(cfg: Any, group: int) -> tuple[str, str]:
     return f"blocks.{layer}.moe.hook_g_row", f"blocks.{layer}.moe.hook_g_col"
 
 
-def progress_iter(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
-    return progress_bar(iterable, total=total, desc=desc, disable=not enabled, leave=False)
-
-
 __all__ = ["Document", "Window", "WindowBatch", "batches", "check_labels", "g_names", "pad_id", "pad_windows",
-           "plan_report_windows", "progress_iter", "resolve_split", "special_ids", "window_batches"]
+           "plan_report_windows", "resolve_split", "window_batches"]

@@ -298,3 +298,18 @@ def test_parser_subcommands_are_complete():
     parser = build_parser()
     choices = next(a for a in parser._subparsers._group_actions).choices
     assert set(SUBCOMMANDS) <= set(choices)
+
+
+def test_unlearn_defaults_are_run_unlearnings():
+    """The CLI and the library default to the same sweep (UnlearningConfig), whose evaluation
+    sizes resolve a retain budget of 0.5 points (512 test tokens of every other label)."""
+    from dataclasses import fields
+
+    from monet_interp.analyses.unlearning import UnlearningConfig
+
+    args = build_parser().parse_args(["unlearn", "--out", "x"])
+    config = UnlearningConfig()
+    shared = [f.name for f in fields(UnlearningConfig) if hasattr(args, f.name)]
+    assert {"eval_tokens", "curve_retain_tokens", "retain_budget", "fractions", "seed"} <= set(shared)
+    assert {name: getattr(args, name) for name in shared} == {name: getattr(config, name) for name in shared}
+    assert (config.eval_forget_tokens, config.eval_tokens) == (2048, 512)

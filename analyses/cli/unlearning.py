@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from monet_interp.analyses.unlearning import DEFAULT_FRACTIONS, RULES, STATISTICS
+from monet_interp.analyses.unlearning import RULES, STATISTICS, UnlearningConfig
 from monet_interp.units import HEAD_MODES, SCOPES
 
 
@@ -34,6 +34,7 @@ def _names(text: str) -> list[str]:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``unlearn`` subcommand (its action is ``args.func(args)``)."""
+    D = UnlearningConfig()  # the defaults of run_unlearning
     p = subparsers.add_parser("unlearn", help="forget labels by deleting experts; compare with dense/SAE baselines",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--forget", default="all", help="labels to forget: comma-separated names, 'all', 'code', 'natural'")
@@ -60,21 +61,21 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--sae-tokens-per-label", type=int, default=1024)
     p.add_argument("--scope", default="group", choices=SCOPES, help="expert scope: whole routing group or one layer")
     p.add_argument("--heads", default="all", choices=HEAD_MODES, help="expert units over all heads or per head")
-    p.add_argument("--statistic", default="mean", choices=STATISTICS)
-    p.add_argument("--fractions", type=_floats, default=DEFAULT_FRACTIONS, help="ratio-rule curve grid")
-    p.add_argument("--retain-budget", type=float, default=1.0, help="retain top-1 drop allowed (points)")
-    p.add_argument("--refine-steps", type=int, default=1, help="bisection points refining each curve's budget point")
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--stat-tokens", type=int, default=2048, help="training tokens per label for statistics")
-    p.add_argument("--eval-forget-tokens", type=int, default=512, help="test tokens of the forgotten label")
-    p.add_argument("--eval-tokens", type=int, default=64, help="test tokens of every other label")
-    p.add_argument("--curve-forget-tokens", type=int, default=256)
-    p.add_argument("--curve-retain-tokens", type=int, default=64)
-    p.add_argument("--iter-step", type=float, default=0.02)
-    p.add_argument("--iter-steps", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--statistic", default=D.statistic, choices=STATISTICS)
+    p.add_argument("--fractions", type=_floats, default=D.fractions, help="ratio-rule curve grid")
+    p.add_argument("--retain-budget", type=float, default=D.retain_budget, help="retain top-1 drop allowed (points)")
+    p.add_argument("--refine-steps", type=int, default=D.refine_steps, help="bisection points refining each curve's budget point")
+    p.add_argument("--seq-len", type=int, default=D.seq_len)
+    p.add_argument("--stat-tokens", type=int, default=D.stat_tokens, help="training tokens per label for statistics")
+    p.add_argument("--eval-forget-tokens", type=int, default=D.eval_forget_tokens, help="test tokens of the forgotten label")
+    p.add_argument("--eval-tokens", type=int, default=D.eval_tokens, help="test tokens of every other label")
+    p.add_argument("--curve-forget-tokens", type=int, default=D.curve_forget_tokens)
+    p.add_argument("--curve-retain-tokens", type=int, default=D.curve_retain_tokens)
+    p.add_argument("--iter-step", type=float, default=D.iter_step)
+    p.add_argument("--iter-steps", type=int, default=D.iter_steps)
+    p.add_argument("--batch-size", type=int, default=D.batch_size)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--no-html", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_cli)

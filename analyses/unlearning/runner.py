@@ -11,14 +11,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monet_interp.analyses.unlearning.config import (DEFAULT_FRACTIONS, METRICS, UnlearningConfig, UnlearningError,
-                                                     resolve_labels)
+from monet_interp.analyses.unlearning.config import METRICS, UnlearningConfig, UnlearningError, resolve_labels
 from monet_interp.analyses.unlearning.methods import Method, resolve_methods
 from monet_interp.analyses.unlearning.result import UnlearningResult
 from monet_interp.analyses.unlearning.rules import (budget_point, forget_retain, rank_units, ratio_scores,
                                                     refine_target, select_2x, select_random, select_ratio)
 from monet_interp.analyses.unlearning.sweep import Sweep, default_byte_lengths, use_routing_stats
 from monet_interp.units import model_name
+
+
+_DEFAULTS = UnlearningConfig()  # the keyword defaults below are the config's
 
 
 def run_unlearning(
@@ -28,29 +30,29 @@ def run_unlearning(
     methods: Sequence[str | Method] = ("2x", "ratio", "random"),
     *,
     labels: str | Sequence[str] | None = None,
-    statistic: str = "mean",
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    statistic: str = _DEFAULTS.statistic,
+    fractions: Sequence[float] = _DEFAULTS.fractions,
     twox_prefixes: Sequence[float] = (),
-    ratio_eps: float = 0.01,
-    iter_step: float = 0.02,
-    iter_steps: int = 4,
-    iter_stat_tokens: int = 512,
-    retain_budget: float = 1.0,
-    stop_after_budget: float | None = 3.0,
-    refine_steps: int = 1,
-    seq_len: int = 64,
-    stat_tokens: int = 2048,
-    eval_forget_tokens: int = 512,
-    eval_tokens: int = 64,
-    curve_forget_tokens: int = 256,
-    curve_retain_tokens: int = 64,
-    skip_common: int = 50,
-    batch_size: int = 16,
-    stat_split: str = "train",
-    select_split: str = "val",
-    eval_split: str = "test",
+    ratio_eps: float = _DEFAULTS.ratio_eps,
+    iter_step: float = _DEFAULTS.iter_step,
+    iter_steps: int = _DEFAULTS.iter_steps,
+    iter_stat_tokens: int = _DEFAULTS.iter_stat_tokens,
+    retain_budget: float = _DEFAULTS.retain_budget,
+    stop_after_budget: float | None = _DEFAULTS.stop_after_budget,
+    refine_steps: int = _DEFAULTS.refine_steps,
+    seq_len: int = _DEFAULTS.seq_len,
+    stat_tokens: int = _DEFAULTS.stat_tokens,
+    eval_forget_tokens: int = _DEFAULTS.eval_forget_tokens,
+    eval_tokens: int = _DEFAULTS.eval_tokens,
+    curve_forget_tokens: int = _DEFAULTS.curve_forget_tokens,
+    curve_retain_tokens: int = _DEFAULTS.curve_retain_tokens,
+    skip_common: int = _DEFAULTS.skip_common,
+    batch_size: int = _DEFAULTS.batch_size,
+    stat_split: str = _DEFAULTS.stat_split,
+    select_split: str = _DEFAULTS.select_split,
+    eval_split: str = _DEFAULTS.eval_split,
     byte_lengths: torch.Tensor | str | None = "auto",
-    seed: int = 0,
+    seed: int = _DEFAULTS.seed,
     routing_stats: Any = None,
     progress: bool = False,
     config: UnlearningConfig | None = None,

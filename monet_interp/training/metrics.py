@@ -54,18 +54,25 @@ def evaluate_sampled(model: Any, corpus: Any, split: str, labels: Sequence[str],
 
 
 @torch.no_grad()
+def spread_windows(tokens: np.ndarray, max_windows: int, seq_len: int) -> np.ndarray | None:
+    """Up to ``max_windows`` non-overlapping windows [n, seq_len + 1] (int64) spread evenly over a
+    token stream (deterministic), or None when the stream is shorter than one window."""
+    n_windows = (tokens.shape[0] - 1) // seq_len
+    if n_windows < 1:
+        return None
+    picks = np.unique(np.linspace(0, n_windows - 1, num=min(max_windows, n_windows)).round().astype(np.int64))
+    return np.stack([tokens[s * seq_len: s * seq_len + seq_len + 1] for s in picks]).astype(np.int64)
+
+
 def evaluate_windows(model: Any, corpus: Any, split: str, labels: Sequence[str], max_windows: int, seq_len: int,
                      batch_size: int, byte_lengths: Int[torch.Tensor, " vocab"] | None) -> dict[str, dict]:
     """Per-label bpb on up to ``max_windows`` non-overlapping windows of ``seq_len + 1`` tokens spread
     evenly over each label's whole ``split`` token stream (deterministic; no window is counted twice)."""
     out = {}
     for label in labels:
-        tokens = np.asarray(corpus.tokens(label, split))
-        n_windows = (tokens.shape[0] - 1) // seq_len
-        if n_windows < 1:
+        rows = spread_windows(np.asarray(corpus.tokens(label, split)), max_windows, seq_len)
+        if rows is None:
             continue
-        picks = np.unique(np.linspace(0, n_windows - 1, num=min(max_windows, n_windows)).round().astype(np.int64))
-        rows = np.stack([tokens[s * seq_len: s * seq_len + seq_len + 1] for s in picks]).astype(np.int64)
         totals = [0.0, 0.0, 0]
         for start in range(0, rows.shape[0], batch_size):
             batch = torch.from_numpy(rows[start:start + batch_size])

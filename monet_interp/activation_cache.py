@@ -44,10 +44,10 @@ def _as_slice(value: Any) -> Slice:
     return value if isinstance(value, Slice) else Slice(value)
 
 
-
 def is_moe(model: Any) -> bool:
     """True for a model with routed experts (HookedMONET), False for e.g. the dense baseline."""
     return hasattr(model.blocks[0], "moe")
+
 
 class HookedActivationCache(ActivationCache):
     """ActivationCache of a HookedCausalLM (see the module docstring for what differs)."""

@@ -147,6 +147,9 @@ class ModelConfig(TransformerLensAliases):
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        if "model_type" not in data and cls.MODEL_TYPE != DEFAULT_MODEL_TYPE:
+            raise ConfigError(f"config has no model_type; {cls.__name__} needs model_type={cls.MODEL_TYPE!r} "
+                              f"(a config without one is read as {DEFAULT_MODEL_TYPE!r})")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "device"}
         kwargs = {"model_type": DEFAULT_MODEL_TYPE, **{k: v for k, v in data.items() if k in known}}
         extra = {k: v for k, v in data.items() if k not in known and k != "architectures"}

@@ -8,11 +8,10 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from monet_interp import ConfigError, DenseConfig, HookedDense, HookedMONET, MonetConfig, load_model
 from monet_interp.config import ModelConfig
-from safetensors.torch import load_file
-
 from monet_interp.loading import CheckpointError, hf_to_hooked_key, model_type_of, read_config, resolve_checkpoint
 
 
@@ -57,6 +56,9 @@ def test_unknown_or_missing_model_type(tmp_path):
     del cfg["model_type"]  # a MONET config without model_type still reads as MONET
     (folder / "config.json").write_text(json.dumps(cfg))
     assert model_type_of(read_config(folder)) == "monet"
+    assert MonetConfig.from_dict(cfg).model_type == "monet"
+    with pytest.raises(ConfigError, match="config has no model_type; DenseConfig needs model_type='dense-llama'"):
+        DenseConfig.from_dict(cfg)
 
 
 @pytest.mark.parametrize("cls", [MonetConfig, DenseConfig])

@@ -120,6 +120,13 @@ def test_expert_boost_per_head_and_layer_scope():
     assert isinstance(boost.context(model, 0.0), contextlib.nullcontext)
 
 
+def test_boost_op_and_top1_gate_are_checked():
+    with pytest.raises(ValueError, match="expert steering uses op 'add' or 'set', got 'prune'"):
+        ExpertBoost([(0, 1, 2)], op="prune")
+    with pytest.raises(ValueError, match="gate must be 'keep' or 'set', got 'add'"):
+        Top1Replace({0: {0: (1, 2)}}, gate="add")
+
+
 # ---------------------------------------------------------------------------- top-1 replacement
 def test_replace_top1_pure_function():
     g = torch.zeros(2, 3, 4, 5)

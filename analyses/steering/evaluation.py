@@ -67,6 +67,7 @@ def _pad(prompts: Tensor, gens: list[list[int]], pad: int) -> tuple[Tensor, Tens
 
 @torch.no_grad()
 def _logits(model: Any, full: Tensor) -> Tensor:
+    """Logits [n, T, vocab] (float32, on the CPU) of ``full`` under the model as it is now."""
     return model(full.to(model.device)).float().cpu()
 
 
@@ -107,8 +108,7 @@ def evaluate_concept(model: Any, model_label: str, concept: str, interventions: 
     base_logits = _logits(model, base_full)
     base_nll = _generation_nll(base_logits, base_full, base_mask)
     base_setlp = _set_logprob(base_logits, base_mask, token_set)
-    with torch.no_grad():
-        base_kl_logits = model(kl_t.to(model.device)).float().cpu() if len(kl_t) else None
+    base_kl_logits = _logits(model, kl_t) if len(kl_t) else None
     base_texts = [tok.decode(g) for g in base_gens]
     base_pred = classify(clf, base_texts, cfg.min_alnum_chars)
     n_prompts = len(prompts)
@@ -127,8 +127,7 @@ def evaluate_concept(model: Any, model_label: str, concept: str, interventions: 
                 nll = _generation_nll(_logits(model, full), full, mask)  # unsteered model scores it
                 with iv.context(model, alpha):
                     setlp = _set_logprob(_logits(model, base_full), base_mask, token_set)
-                    with torch.no_grad():
-                        kl_logits = model(kl_t.to(model.device)).float().cpu() if len(kl_t) else None
+                    kl_logits = _logits(model, kl_t) if len(kl_t) else None
                 kl = mean_token_kl(base_kl_logits, kl_logits) if kl_logits is not None else float("nan")
                 texts_a = [tok.decode(g) for g in gens]
                 pred = classify(clf, texts_a, cfg.min_alnum_chars)

@@ -55,7 +55,6 @@ def run_unlearning(
     seed: int = _DEFAULTS.seed,
     routing_stats: Any = None,
     progress: bool = False,
-    config: UnlearningConfig | None = None,
 ) -> UnlearningResult:
     """Forget each label of ``forget`` with each method; measure every label (see the module docstring).
 
@@ -80,22 +79,19 @@ def run_unlearning(
     byte_lengths: [vocab] UTF-8 bytes per token for bits per byte ("auto": from the corpus
         tokenizer via monet_interp.evaluation.token_byte_lengths; None: the corpus
         manifest's bytes per predicted token).
-    config: the settings above (statistic ... seed, without byte_lengths / routing_stats /
-        progress) as one :class:`UnlearningConfig`; when given, those keywords are not read.
     routing_stats: optional monet_interp.stats RoutingStats of ``model`` (group scope, all heads):
         used for the rule-name methods' statistics instead of a fresh pass.
     """
     t_start = time.perf_counter()
     cpu_start = time.process_time()
-    if config is None:
-        config = UnlearningConfig(
-            statistic=statistic, fractions=tuple(fractions), twox_prefixes=tuple(twox_prefixes), ratio_eps=ratio_eps,
-            iter_step=iter_step, iter_steps=iter_steps, iter_stat_tokens=iter_stat_tokens,
-            retain_budget=retain_budget, stop_after_budget=stop_after_budget, refine_steps=refine_steps,
-            seq_len=seq_len, stat_tokens=stat_tokens, eval_forget_tokens=eval_forget_tokens, eval_tokens=eval_tokens,
-            curve_forget_tokens=curve_forget_tokens, curve_retain_tokens=curve_retain_tokens,
-            skip_common=skip_common, batch_size=batch_size, stat_split=stat_split, select_split=select_split,
-            eval_split=eval_split, seed=seed)
+    config = UnlearningConfig(
+        statistic=statistic, fractions=tuple(fractions), twox_prefixes=tuple(twox_prefixes), ratio_eps=ratio_eps,
+        iter_step=iter_step, iter_steps=iter_steps, iter_stat_tokens=iter_stat_tokens,
+        retain_budget=retain_budget, stop_after_budget=stop_after_budget, refine_steps=refine_steps,
+        seq_len=seq_len, stat_tokens=stat_tokens, eval_forget_tokens=eval_forget_tokens, eval_tokens=eval_tokens,
+        curve_forget_tokens=curve_forget_tokens, curve_retain_tokens=curve_retain_tokens,
+        skip_common=skip_common, batch_size=batch_size, stat_split=stat_split, select_split=select_split,
+        eval_split=eval_split, seed=seed)
     if not methods:
         raise UnlearningError("no methods given")
     all_labels = resolve_labels(corpus, labels)
